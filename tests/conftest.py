@@ -22,6 +22,11 @@ os.environ.setdefault("MPLCONFIGDIR", str(WORK / "mpl"))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402
+
+# Tiny test models run fastest single-threaded, and 2 cores are shared with Ray workers.
+torch.set_num_threads(1)
+
 
 def free_port() -> int:
     """Ask the OS for a free TCP port on 127.0.0.1."""

@@ -1,0 +1,303 @@
+"""The one training loop: noise-first batches, the four loss variants, EMA, checkpoints.
+
+No tracking code lives here: metrics leave through ``Callback.on_log`` and evaluation rounds
+through ``Callback.on_round_end`` (which may ask to stop, e.g. for ASHA). jobs/ wires callbacks to
+MLflow and Ray Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ambient_core.data import ChunkDataset
+from ambient_core.losses import training_pair
+from ambient_core.noise import fixed_noise
+from ambient_core.policy import EMA, DiffusionPolicy, PolicySpec
+from ambient_core.sampler import NoiseFirstSampler
+
+CorruptLoss = Literal["denoising", "ambient"]
+CHECKPOINT_FILE = "checkpoint.pt"
+SPEC_FILE = "policy.json"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (diffusion_policy defaults, scaled down by the caller)."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float | None = None
+    ema_power: float | None = 0.75
+    corrupt_loss: CorruptLoss = "denoising"
+    noise_seed: int = 0
+    seed: int = 0
+    log_every: int = 50
+    rounds: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.corrupt_loss not in ("denoising", "ambient"):
+            raise ValueError(
+                f"corrupt_loss must be 'denoising' or 'ambient', got {self.corrupt_loss!r}"
+            )
+        if self.steps < 1 or self.batch_size < 1 or self.rounds < 1 or self.rounds > self.steps:
+            raise ValueError("need steps >= 1, batch_size >= 1 and 1 <= rounds <= steps")
+
+
+def cosine_warmup_lambda(warmup_steps: int, total_steps: int) -> Any:
+    """LR multiplier: linear warm-up then cosine decay to 0 (diffusers' cosine schedule)."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return float(step + 1) / float(max(1, warmup_steps))
+        progress = (step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    return f
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs."""
+
+    policy: DiffusionPolicy
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: NoiseFirstSampler
+    config: TrainConfig
+    step: int = 0
+    round: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def eval_policy(self) -> DiffusionPolicy:
+        """The EMA weights when EMA is on (diffusion_policy evaluates those)."""
+        return self.ema.averaged if self.ema is not None else self.policy
+
+
+class Callback:
+    """Hooks of the training loop; subclass and override what you need."""
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Aggregated metrics of the last ``log_every`` steps."""
+
+    def on_round_end(self, state: TrainState) -> bool:
+        """End of an evaluation round; return True to stop training."""
+        return False
+
+
+def make_state(
+    policy: DiffusionPolicy, sampler: NoiseFirstSampler, config: TrainConfig
+) -> TrainState:
+    """Fresh optimiser (AdamW), cosine warm-up schedule and EMA around ``policy``."""
+    device = torch.device(config.device)
+    policy.to(device)
+    opt = torch.optim.AdamW(
+        policy.model.parameters(),
+        lr=config.lr,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, cosine_warmup_lambda(config.warmup_steps, config.steps)
+    )
+    ema = EMA(policy, power=config.ema_power) if config.ema_power is not None else None
+    return TrainState(policy, ema, opt, sched, sampler, config)
+
+
+class _Accumulator:
+    """Loss and corrupt share per sigma bucket over a logging window."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+        self.reset()
+
+    def reset(self) -> None:
+        nb = len(self.labels)
+        self.loss_sum, self.n = 0.0, 0
+        self.bucket_loss = np.zeros(nb)
+        self.bucket_n = np.zeros(nb)
+        self.bucket_corrupt = np.zeros(nb)
+        self.corrupt_loss_sum, self.corrupt_n = 0.0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, per_elem: np.ndarray, buckets: np.ndarray, corrupt: np.ndarray) -> None:
+        self.loss_sum += float(per_elem.sum())
+        self.n += per_elem.size
+        nb = len(self.labels)
+        self.bucket_loss += np.bincount(buckets, weights=per_elem, minlength=nb)
+        self.bucket_n += np.bincount(buckets, minlength=nb)
+        self.bucket_corrupt += np.bincount(buckets[corrupt], minlength=nb)
+        self.corrupt_loss_sum += float(per_elem[corrupt].sum())
+        self.corrupt_n += int(corrupt.sum())
+
+    def metrics(self, steps: int) -> dict[str, float]:
+        out = {
+            "loss": self.loss_sum / max(self.n, 1),
+            "corrupt_share": self.corrupt_n / max(self.n, 1),
+            "steps_per_s": steps / max(time.perf_counter() - self.t0, 1e-9),
+        }
+        if self.corrupt_n:
+            out["loss_corrupt"] = self.corrupt_loss_sum / self.corrupt_n
+        for i, lab in enumerate(self.labels):
+            if self.bucket_n[i]:
+                out[f"loss/{lab}"] = self.bucket_loss[i] / self.bucket_n[i]
+                out[f"corrupt_share/{lab}"] = self.bucket_corrupt[i] / self.bucket_n[i]
+        return out
+
+
+def train_step(
+    state: TrainState, data: ChunkDataset, sigma_levels: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, Any]:
+    """One optimisation step; returns (mean loss, per-element losses, the sampler batch)."""
+    cfg, policy = state.config, state.policy
+    device = torch.device(cfg.device)
+    b = state.sampler.sample(cfg.batch_size)
+    obs, x0 = data.torch_batch(b.items, policy.normalizer, device)
+    cond = policy.global_cond(obs)
+    st = sigma_levels[torch.from_numpy(b.levels).to(device)]
+    sm_np = b.sigma_min if cfg.corrupt_loss == "ambient" else np.zeros_like(b.sigma_min)
+    sm = torch.from_numpy(sm_np).to(device=device, dtype=x0.dtype)
+    eps = torch.randn_like(x0)
+    amb = np.flatnonzero(sm_np > 0)
+    fixed = torch.zeros_like(x0)
+    if amb.size:
+        fixed[amb] = fixed_noise(b.items[amb], tuple(x0.shape[1:]), cfg.noise_seed).to(device)
+    x_t, target = training_pair(x0, st, sm, eps, fixed, policy.spec.prediction)
+    k = torch.from_numpy(b.levels).to(device)
+    pred = policy(x_t, k, cond)
+    per_elem = ((pred - target) ** 2).flatten(1).mean(dim=1)
+    loss = per_elem.mean()
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(policy)
+    state.step += 1
+    return loss.detach(), per_elem.detach().cpu().numpy(), b
+
+
+def train(state: TrainState, data: ChunkDataset, callbacks: Sequence[Callback] = ()) -> TrainState:
+    """Run (or resume) training to ``config.steps``; rounds end at evenly spaced steps."""
+    cfg = state.config
+    torch.manual_seed(cfg.seed + state.step)
+    sigmas = torch.from_numpy(state.sampler.sigmas).float().to(cfg.device)
+    acc = _Accumulator(state.sampler.bucket_labels())
+    round_ends = [round(cfg.steps * (r + 1) / cfg.rounds) for r in range(cfg.rounds)]
+    state.policy.train()
+    window = 0
+    while state.step < cfg.steps:
+        loss, per_elem, b = train_step(state, data, sigmas)
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"training loss became {float(loss)} at step {state.step}")
+        acc.add(per_elem, state.sampler.level_bucket[b.levels], b.is_corrupt)
+        window += 1
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            m = acc.metrics(window) | {"lr": state.scheduler.get_last_lr()[0]}
+            state.history.append({"step": float(state.step), **m})
+            for cb in callbacks:
+                cb.on_log(state.step, m)
+            acc.reset()
+            window = 0
+        if state.round < cfg.rounds and state.step >= round_ends[state.round]:
+            state.round += 1
+            state.policy.eval()
+            stop = any([cb.on_round_end(state) for cb in callbacks])
+            state.policy.train()
+            if stop:
+                break
+    state.policy.eval()
+    return state
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], state: TrainState, extra: dict[str, Any]
+) -> Path:
+    """Write ``policy.json`` + ``checkpoint.pt`` atomically (temp dir, then rename).
+
+    ``extra`` is JSON metadata (e.g. the resolved run config) stored next to the weights.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        payload = {
+            "policy": state.policy.state_dict(),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "sampler_rng": json.dumps(state.sampler.state_dict()),
+            "step": state.step,
+            "round": state.round,
+        }
+        torch.save(payload, tmp / CHECKPOINT_FILE)
+        meta = {
+            "spec": state.policy.spec.to_dict(),
+            "train": asdict(state.config),
+            "step": state.step,
+            "extra": extra,
+        }
+        (tmp / SPEC_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(path) / SPEC_FILE).read_text())
+
+
+def load_policy(path: str | os.PathLike[str], use_ema: bool = True) -> DiffusionPolicy:
+    """Rebuild the policy of a checkpoint directory (EMA weights by default), weights only."""
+    meta = read_checkpoint_meta(path)
+    policy = DiffusionPolicy(PolicySpec(**meta["spec"]))
+    payload = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    if use_ema and payload["ema"] is not None:
+        policy.load_state_dict(payload["ema"]["averaged"])
+    else:
+        policy.load_state_dict(payload["policy"])
+    return policy.eval()
+
+
+def restore_state(path: str | os.PathLike[str], state: TrainState) -> TrainState:
+    """Load weights, optimiser, schedule, EMA, sampler RNG and counters into ``state``."""
+    payload = torch.load(
+        Path(path) / CHECKPOINT_FILE, map_location=state.config.device, weights_only=True
+    )
+    state.policy.load_state_dict(payload["policy"])
+    if state.ema is not None and payload["ema"] is not None:
+        state.ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    state.sampler.load_state_dict(json.loads(payload["sampler_rng"]))
+    state.step, state.round = int(payload["step"]), int(payload["round"])
+    return state
