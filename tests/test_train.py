@@ -112,7 +112,8 @@ def test_tiny_model_overfits_and_ddim_samples_land_on_the_data() -> None:
     # The goal condition is used: mirrored goal gives mirrored motion.
     far = np.abs(want[:, -1, 1]) > 0.2
     assert far.sum() > 10
-    assert np.array_equal(np.sign(pred[far, -1, 1]), np.sign(want[far, -1, 1]))
+    agree = np.sign(pred[far, -1, 1]) == np.sign(want[far, -1, 1])
+    assert agree.mean() >= 0.9  # an unconditioned model would agree half the time
 
 
 def test_callbacks_rounds_and_early_stop() -> None:

@@ -6,6 +6,7 @@ at the goal and move at most ``env.v_max * env.dt`` per axis per step.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,14 +82,12 @@ class _VisGraph:
 
     nodes: np.ndarray  # (C, 2)
     dist: np.ndarray  # (C, C) shortest-path lengths, inf when disconnected
-    pred: np.ndarray  # (C, C) scipy predecessor matrix
+    nxt: np.ndarray  # (C, C) first hop on the shortest path i -> j
 
 
 @lru_cache(maxsize=16)
 def _vis_graph(env: MazeEnv, margin: float) -> _VisGraph:
     """Build the corner graph once per (env, margin); edges are collision-free at the padding."""
-    from scipy.sparse.csgraph import csgraph_from_dense, shortest_path
-
     r = env.padded_obstacles(env.padding + margin)
     corners = np.concatenate([r[:, [0, 1]], r[:, [2, 1]], r[:, [2, 3]], r[:, [0, 3]]])
     corners = np.unique(np.round(corners, 9), axis=0)
@@ -96,19 +95,25 @@ def _vis_graph(env: MazeEnv, margin: float) -> _VisGraph:
     c = len(corners)
     i, j = np.triu_indices(c, k=1)
     ok = ~env.segment_collides(corners[i], corners[j], env.padding)
-    w = np.full((c, c), np.inf)
+    dist = np.full((c, c), np.inf)
+    np.fill_diagonal(dist, 0.0)
     length = np.linalg.norm(corners[i] - corners[j], axis=1)
-    w[i[ok], j[ok]] = length[ok]
-    w[j[ok], i[ok]] = length[ok]
-    graph = csgraph_from_dense(w, null_value=np.inf)
-    dist, pred = shortest_path(graph, directed=False, return_predecessors=True)
-    return _VisGraph(nodes=corners, dist=dist, pred=pred)
+    dist[i[ok], j[ok]] = length[ok]
+    dist[j[ok], i[ok]] = length[ok]
+    nxt = np.broadcast_to(np.arange(c), (c, c)).copy()
+    for k in range(c):  # Floyd-Warshall, vectorised over (i, j); C is ~40
+        via = dist[:, k : k + 1] + dist[k : k + 1, :]
+        better = via < dist
+        dist = np.where(better, via, dist)
+        nxt = np.where(better, nxt[:, k : k + 1], nxt)
+    return _VisGraph(nodes=corners, dist=dist, nxt=nxt)
 
 
 def shortest_polylines(env: MazeEnv, starts: np.ndarray, goals: np.ndarray) -> list[np.ndarray]:
-    """Euclidean shortest collision-free polylines (padding ``env.padding``) for each query.
+    """Near-shortest collision-free polylines (free at ``env.padding``) for each query.
 
-    Tries the roomy corner graph first (leaves space for corner rounding), then the tight one.
+    Tries the roomy corner graph first (room for corner rounding, so paths are slightly longer
+    than the true shortest ones), then the tight one.
     """
     starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2)
     goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
@@ -152,10 +157,10 @@ def _query_graph(
             out.append(None)
             continue
         a, z = divmod(flat, c)
-        chain = [z]
-        while chain[-1] != a:
-            chain.append(int(g.pred[a, chain[-1]]))
-        pts = g.nodes[chain[::-1]]
+        chain = [a]
+        while chain[-1] != z:
+            chain.append(int(g.nxt[chain[-1], z]))
+        pts = g.nodes[chain]
         out.append(np.concatenate([starts[k : k + 1], pts, goals[k : k + 1]]))
     return out
 
@@ -315,20 +320,26 @@ def split_boxes(boxes: np.ndarray, max_side: float) -> np.ndarray:
 
 
 def plan_drake(
-    env: MazeEnv, goals: np.ndarray, max_rounded_paths: int = 10, max_side: float = 1.0
+    env: MazeEnv,
+    goals: np.ndarray,
+    max_rounded_paths: int = 10,
+    max_side: float | None = None,
 ) -> list[np.ndarray]:
     """GCS trajectories (Bezier order 3, C1, |v_k| <= v_max, time + length cost, rest-to-rest).
 
     Regions are the free boxes at the planning padding; Clarabel solves the convex relaxation and
     the rounded paths (Mosek is never used: it needs a licence). The region subgraph is built once
-    and only the goal subgraph changes between queries.
+    and only the goal subgraph changes between queries. ``max_side`` optionally splits the boxes
+    (see ``split_boxes``): on maze seed 0, 1.0 shortened plans by ~13% but made solves ~10x slower.
     """
     from pydrake.geometry.optimization import GraphOfConvexSetsOptions, HPolyhedron, Point
     from pydrake.planning import GcsTrajectoryOptimization
     from pydrake.solvers import ClarabelSolver
 
     goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
-    boxes = split_boxes(env.free_boxes(), max_side)
+    boxes = env.free_boxes()
+    if max_side is not None:
+        boxes = split_boxes(boxes, max_side)
     gcs = GcsTrajectoryOptimization(2)
     sets = [HPolyhedron.MakeBox(b[:2], b[2:]) for b in boxes]
     regions = gcs.AddRegions(sets, _box_edges(boxes), order=3, name="free")
@@ -345,17 +356,22 @@ def plan_drake(
     options.max_rounded_paths = max_rounded_paths
     options.solver = ClarabelSolver()
     out: list[np.ndarray] = []
-    for goal in goals:
-        target = gcs.AddRegions([Point(goal)], order=0, name="target")
-        tgt_edges = gcs.AddEdges(regions, target)
-        tgt_edges.AddZeroDerivativeConstraints(1)
-        traj, result = gcs.SolvePath(source, target, options)
-        gcs.RemoveSubgraph(target)
-        if not result.is_success():
-            raise RuntimeError(
-                f"GCS failed for goal {goal.tolist()}: {result.get_solution_result()}"
-            )
-        out.append(_sample_trajectory(traj, env, env.start, goal))
+    drake_log = logging.getLogger("drake")
+    level = drake_log.level
+    drake_log.setLevel(logging.WARNING)  # one INFO line per rounding step otherwise
+    try:
+        for goal in goals:
+            target = gcs.AddRegions([Point(goal)], order=0, name="target")
+            tgt_edges = gcs.AddEdges(regions, target)
+            tgt_edges.AddZeroDerivativeConstraints(1)
+            traj, result = gcs.SolvePath(source, target, options)
+            gcs.RemoveSubgraph(target)
+            if not result.is_success():
+                status = result.get_solution_result()
+                raise RuntimeError(f"GCS failed for goal {goal.tolist()}: {status}")
+            out.append(_sample_trajectory(traj, env, env.start, goal))
+    finally:
+        drake_log.setLevel(level)
     return out
 
 

@@ -10,15 +10,23 @@ of frame t is the position of frame t + 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ambient_core.envs._maze_planners import (
     RRTTree,
     drake_available,
+    plan_builtin,
+    plan_drake,
 )
+from ambient_core.envs.base import ChunkPolicy, Episode
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = [
     "MazeEnv",
@@ -113,13 +121,9 @@ class MazeEnv:
         if not 0.15 <= covered <= 0.45:
             return False
         free_pad, _ = self._free_grid(rects, padding=self.padding)
-        from scipy import ndimage
-
-        labels, n_comp = ndimage.label(free_pad)
-        if n_comp != 1:
-            return False
         ij = np.floor(start[0] / res).astype(int)
-        return bool(labels[ij[0], ij[1]] == 1)
+        reached = _flood_fill(free_pad, (int(ij[0]), int(ij[1])))
+        return bool(np.array_equal(reached, free_pad))
 
     def _free_grid(self, rects: np.ndarray, padding: float) -> tuple[np.ndarray, float]:
         """Free mask of cell centres on a 0.05 grid; boundaries (0.1 lattice) never hit centres."""
@@ -185,8 +189,9 @@ class MazeEnv:
         p = self.padding if padding is None else padding
         rects = self.padded_obstacles(p)
         lo, hi = p, self.size - p
-        xs = np.unique(np.clip(np.concatenate([[lo, hi], rects[:, 0], rects[:, 2]]), lo, hi))
-        ys = np.unique(np.clip(np.concatenate([[lo, hi], rects[:, 1], rects[:, 3]]), lo, hi))
+        # Rounding merges planes that differ by float noise (1.0 + 0.1 vs 1.2 - 0.1): no slivers.
+        xs = np.unique(np.round(np.clip(np.r_[lo, hi, rects[:, 0], rects[:, 2]], lo, hi), 9))
+        ys = np.unique(np.round(np.clip(np.r_[lo, hi, rects[:, 1], rects[:, 3]], lo, hi), 9))
         best: np.ndarray | None = None
         for swap in (False, True):
             boxes = _merge_cells(xs, ys, rects, swap)
@@ -194,6 +199,24 @@ class MazeEnv:
                 best = boxes
         assert best is not None
         return best
+
+
+def _flood_fill(free: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    """Cells of ``free`` 4-connected to ``seed`` (iterated dilation; numpy only, no scipy)."""
+    reached = np.zeros_like(free)
+    if not free[seed]:
+        return reached
+    reached[seed] = True
+    while True:
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= free
+        if np.array_equal(grown, reached):
+            return reached
+        reached = grown
 
 
 def _inside(
@@ -275,3 +298,344 @@ def _merge_cells(xs: np.ndarray, ys: np.ndarray, rects: np.ndarray, swap: bool) 
                 cur0, cur1 = s0, s1
         boxes.append((cur0, b0, cur1, b1) if not swap else (b0, cur0, b1, cur1))
     return np.asarray(boxes, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------- planning
+def plan_clean(env: MazeEnv, goals: np.ndarray, method: CleanMethod = "auto") -> list[np.ndarray]:
+    """Smooth near-time-optimal plans from the start to each goal, sampled at ``env.dt``.
+
+    ``"drake"``: GCS trajectory optimisation (Clarabel); ``"builtin"``: visibility-graph shortest
+    path, corner rounding and a rest-to-rest speed profile; ``"auto"``: drake when importable.
+    """
+    if method == "auto":
+        method = "drake" if drake_available() else "builtin"
+    if method == "drake":
+        return plan_drake(env, goals)
+    if method == "builtin":
+        return plan_builtin(env, goals)
+    raise ValueError(f"unknown clean planner {method!r}")
+
+
+def plan_rrt(
+    env: MazeEnv,
+    goals: np.ndarray,
+    tree: RRTTree | None = None,
+    max_samples: int = 5000,
+    step: float = 0.1,
+    seed: int = 0,
+) -> list[np.ndarray | None]:
+    """Jagged RRT plans (the corruption); grows one tree unless ``tree`` is given.
+
+    ``None`` marks a goal that no tree node sees with a collision-free straight segment.
+    """
+    if tree is None:
+        tree = RRTTree.grow(env, max_samples=max_samples, step=step, seed=seed)
+    return tree.query(goals)
+
+
+# --------------------------------------------------------------------------------- episodes
+def make_episode(path: np.ndarray, goal: np.ndarray) -> Episode:
+    """Frames of one plan: state = position, action = next position (last frame stays put)."""
+    path = np.asarray(path, dtype=np.float64).reshape(-1, 2)
+    action = np.concatenate([path[1:], path[-1:]])
+    goal_rows = np.broadcast_to(np.asarray(goal, dtype=np.float64).reshape(1, 2), path.shape)
+    return {
+        "observation.state": path.astype(np.float32),
+        "action": action.astype(np.float32),
+        "observation.goal": np.ascontiguousarray(goal_rows, dtype=np.float32),
+    }
+
+
+def generate(
+    env: MazeEnv,
+    n_clean: int,
+    n_corrupt: int,
+    seed: int,
+    clean_method: CleanMethod = "auto",
+    max_samples: int = 5000,
+    step: float = 0.1,
+) -> tuple[list[Episode], list[Episode]]:
+    """Clean (smooth planner) and corrupt (RRT) episodes for independent random goals.
+
+    Goals the RRT tree cannot reach are redrawn, so exactly ``n_corrupt`` episodes come back.
+    """
+    rng = np.random.default_rng(seed)
+    clean_goals = env.sample_goals(n_clean, rng)
+    clean = [
+        make_episode(p, g)
+        for p, g in zip(plan_clean(env, clean_goals, clean_method), clean_goals, strict=True)
+    ]
+    tree = RRTTree.grow(env, max_samples=max_samples, step=step, seed=int(rng.integers(2**31)))
+    corrupt: list[Episode] = []
+    for _ in range(100):
+        need = n_corrupt - len(corrupt)
+        if need <= 0:
+            break
+        goals = env.sample_goals(need, rng)
+        for p, g in zip(tree.query(goals), goals, strict=True):
+            if p is not None:
+                corrupt.append(make_episode(p, g))
+    if len(corrupt) < n_corrupt:
+        raise RuntimeError("the RRT tree reaches too few goals; grow it with more samples")
+    return clean, corrupt
+
+
+# --------------------------------------------------------------------------------- metrics
+def _per_rollout_mean_sq(traj: np.ndarray, order: int, dt: float) -> float:
+    """Time-mean of ||order-th difference / dt^order||^2; nan when the rollout is too short."""
+    if len(traj) <= order:
+        return float("nan")
+    d = np.diff(traj, n=order, axis=0) / dt**order
+    return float(np.mean(np.sum(d**2, axis=1)))
+
+
+def mean_sq_accel(trajectories: Sequence[np.ndarray], dt: float) -> float:
+    """Mean over trajectories of the time-mean squared acceleration norm (nan if none)."""
+    return _nanmean([_per_rollout_mean_sq(np.asarray(t), 2, dt) for t in trajectories])
+
+
+def mean_sq_jerk(trajectories: Sequence[np.ndarray], dt: float) -> float:
+    """Mean over trajectories of the time-mean squared jerk norm (nan if none)."""
+    return _nanmean([_per_rollout_mean_sq(np.asarray(t), 3, dt) for t in trajectories])
+
+
+def _nanmean(values: Sequence[float] | np.ndarray) -> float:
+    """Mean of the finite values, nan (without a RuntimeWarning) when there are none."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+@dataclass
+class MazeMetrics:
+    """Closed-loop results; ``as_dict`` holds the scalars, the arrays are for plots and debugging.
+
+    Rates are over all rollouts; smoothness, path length and steps are over successes only (nan
+    when there are none), as in the paper's "mean squared acceleration over successes".
+    """
+
+    success_rate: float
+    collision_rate: float
+    velocity_violation_rate: float
+    mean_sq_accel: float
+    mean_sq_jerk: float
+    path_length: float
+    n: int
+    mean_steps: float
+    trajectories: list[np.ndarray] = field(repr=False)
+    success: np.ndarray = field(repr=False)
+    reached: np.ndarray = field(repr=False)
+    collided: np.ndarray = field(repr=False)
+    velocity_violation: np.ndarray = field(repr=False)
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain-float scalars for logging (MLflow metrics, JSON)."""
+        keys = (
+            "success_rate",
+            "collision_rate",
+            "velocity_violation_rate",
+            "mean_sq_accel",
+            "mean_sq_jerk",
+            "path_length",
+            "n",
+            "mean_steps",
+        )
+        return {k: float(getattr(self, k)) for k in keys}
+
+
+def evaluate(
+    env: MazeEnv,
+    policy: ChunkPolicy,
+    goals: np.ndarray,
+    max_steps: int = 300,
+    goal_tol: float = 0.1,
+    speed_tol: float = 0.1,
+    vel_tol: float = 0.05,
+) -> MazeMetrics:
+    """Batched closed-loop rollouts from the start, one policy call per chunk for all live goals.
+
+    Actions are absolute next positions. A rollout is done (and frozen) once it is within
+    ``goal_tol`` of its goal moving slower than ``speed_tol``. Success = done within
+    ``max_steps`` actions, no segment of the path touches an unpadded obstacle or leaves the box,
+    and every per-axis speed is <= ``v_max * (1 + vel_tol)``. ``vel_tol = 0.05`` is our choice:
+    the paper states no tolerance and learned policies land on the bound only approximately.
+    A non-finite action ends its rollout as a failure.
+    """
+    goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+    b, t_o = len(goals), int(policy.n_obs_steps)
+    traj = np.full((b, max_steps + 1, 2), np.nan)
+    traj[:, 0] = env.start
+    hist = np.broadcast_to(env.start, (b, t_o, 2)).copy()
+    steps = np.zeros(b, dtype=np.int64)
+    reached = np.zeros(b, dtype=bool)
+    live = np.ones(b, dtype=bool)
+    while live.any():
+        idx = np.flatnonzero(live)
+        obs = {
+            "observation.state": hist[idx].copy(),
+            "observation.goal": np.repeat(goals[idx, None, :], t_o, axis=1),
+        }
+        chunk = np.asarray(policy(obs), dtype=np.float64)
+        if chunk.ndim != 3 or chunk.shape[0] != len(idx) or chunk.shape[2] != 2:
+            raise ValueError(f"policy returned {chunk.shape}, expected ({len(idx)}, n_exec, 2)")
+        for j in range(chunk.shape[1]):
+            act = live[idx]
+            rows = idx[act]
+            if len(rows) == 0:
+                break
+            new = chunk[act, j]
+            bad = ~np.isfinite(new).all(axis=1)
+            live[rows[bad]] = False
+            rows, new = rows[~bad], new[~bad]
+            prev = traj[rows, steps[rows]]
+            steps[rows] += 1
+            traj[rows, steps[rows]] = new
+            hist[rows] = np.concatenate([hist[rows, 1:], new[:, None]], axis=1)
+            speed = np.linalg.norm(new - prev, axis=1) / env.dt
+            done = (np.linalg.norm(new - goals[rows], axis=1) < goal_tol) & (speed < speed_tol)
+            reached[rows[done]] = True
+            live[rows[done]] = False
+            live[rows[steps[rows] >= max_steps]] = False
+    paths = [traj[i, : steps[i] + 1].copy() for i in range(b)]
+    collided = _collisions(env, paths)
+    limit = env.v_max * env.dt * (1.0 + vel_tol)
+    vel_bad = np.array([bool((np.abs(np.diff(p, axis=0)) > limit).any()) for p in paths])
+    success = reached & ~collided & ~vel_bad
+    good = [p for p, s in zip(paths, success, strict=True) if s]
+    lengths = [float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum()) for p in good]
+    return MazeMetrics(
+        success_rate=float(success.mean()) if b else float("nan"),
+        collision_rate=float(collided.mean()) if b else float("nan"),
+        velocity_violation_rate=float(vel_bad.mean()) if b else float("nan"),
+        mean_sq_accel=mean_sq_accel(good, env.dt),
+        mean_sq_jerk=mean_sq_jerk(good, env.dt),
+        path_length=_nanmean(lengths),
+        n=b,
+        mean_steps=_nanmean([len(p) - 1 for p in good]),
+        trajectories=paths,
+        success=success,
+        reached=reached,
+        collided=collided,
+        velocity_violation=vel_bad,
+    )
+
+
+def _collisions(env: MazeEnv, paths: Sequence[np.ndarray]) -> np.ndarray:
+    """Per path: does any segment (or a lone point) hit an unpadded obstacle or leave the box."""
+    out = np.array([bool(env.in_collision(p[:1], 0.0)[0]) for p in paths], dtype=bool)
+    owner = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(paths)] + [[]])
+    if owner.size:
+        p = np.concatenate([q[:-1] for q in paths])
+        q = np.concatenate([q[1:] for q in paths])
+        hit = env.segment_collides(p, q, 0.0)
+        out[np.unique(owner[hit].astype(int))] = True
+    return out
+
+
+# --------------------------------------------------------------------------------- experts
+class ExpertPolicy:
+    """Scripted ChunkPolicy: follows a built-in clean plan, replanning when pushed off it.
+
+    Plans are cached per goal; while the current position lies on the cached plan the next
+    ``n_exec`` positions are returned (padded with the goal, i.e. "stay"), otherwise a fresh plan
+    from the current position replaces it. Replanning needs a position that is free at the
+    planning padding.
+    """
+
+    def __init__(self, env: MazeEnv, n_obs_steps: int = 2, n_exec: int = 8) -> None:
+        self.env = env
+        self.n_obs_steps = n_obs_steps
+        self.n_exec = n_exec
+        self._plans: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, n_obs_steps, 2) positions and goals -> (B, n_exec, 2) next positions."""
+        pos = np.asarray(obs["observation.state"], dtype=np.float64)[:, -1]
+        goal = np.asarray(obs["observation.goal"], dtype=np.float64)[:, -1]
+        keys = [np.round(g, 6).tobytes() for g in goal]
+        where = np.full(len(pos), -1, dtype=np.int64)
+        for i, k in enumerate(keys):
+            plan = self._plans.get(k)
+            if plan is not None:
+                on = np.flatnonzero(np.linalg.norm(plan - pos[i], axis=1) < 1e-5)
+                if on.size:
+                    where[i] = on[-1]
+        redo = np.flatnonzero(where < 0)
+        if redo.size:
+            fresh = plan_builtin(self.env, goal[redo], starts=pos[redo])
+            for i, plan in zip(redo, fresh, strict=True):
+                self._plans[keys[i]] = plan
+                where[i] = 0
+        out = np.empty((len(pos), self.n_exec, 2))
+        for i, k in enumerate(keys):
+            plan = self._plans[k]
+            nxt = plan[where[i] + 1 : where[i] + 1 + self.n_exec]
+            pad = np.broadcast_to(plan[-1], (self.n_exec - len(nxt), 2))
+            out[i] = np.concatenate([nxt, pad])
+        return out
+
+
+# --------------------------------------------------------------------------------- plots
+def _draw_env(ax: Axes, env: MazeEnv) -> None:
+    """Obstacles in grey, padded outlines (walls included) dashed, the start as a black dot."""
+    from matplotlib.patches import Rectangle
+
+    for r, pr in zip(env.obstacles, env.padded_obstacles(), strict=True):
+        ax.add_patch(Rectangle(r[:2], r[2] - r[0], r[3] - r[1], color="0.55", zorder=1))
+        ax.add_patch(
+            Rectangle(pr[:2], pr[2] - pr[0], pr[3] - pr[1], fill=False, ec="0.4", ls="--", lw=0.6)
+        )
+    inner = env.size - 2 * env.padding
+    ax.add_patch(
+        Rectangle((env.padding, env.padding), inner, inner, fill=False, ec="0.4", ls="--", lw=0.6)
+    )
+    ax.plot(*env.start, "ko", ms=6, zorder=5, label="start")
+    ax.set_xlim(0.0, env.size)
+    ax.set_ylim(0.0, env.size)
+    ax.set_aspect("equal")
+
+
+def plot_rollouts(
+    env: MazeEnv,
+    trajectories: Sequence[np.ndarray],
+    goals: np.ndarray,
+    success_mask: np.ndarray,
+    path: str | Path,
+) -> None:
+    """PNG of rollouts: successes green, failures red, goals as crosses."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 6))
+    ax = fig.add_subplot()
+    _draw_env(ax, env)
+    goals = np.asarray(goals).reshape(-1, 2)
+    mask = np.asarray(success_mask, dtype=bool)
+    for t, ok in zip(trajectories, mask, strict=True):
+        ax.plot(t[:, 0], t[:, 1], color="tab:green" if ok else "tab:red", lw=0.8, alpha=0.8)
+    ax.plot(goals[mask, 0], goals[mask, 1], "x", color="tab:blue", ms=5, label="goal (success)")
+    ax.plot(goals[~mask, 0], goals[~mask, 1], "x", color="tab:red", ms=5, label="goal (failure)")
+    ax.set_title(f"{int(mask.sum())}/{len(mask)} successful")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.savefig(path, dpi=100)
+
+
+def plot_dataset(
+    env: MazeEnv,
+    clean_eps: Sequence[Episode],
+    corrupt_eps: Sequence[Episode],
+    path: str | Path,
+    n_show: int = 8,
+) -> None:
+    """Side-by-side PNG of a few clean (smooth) and corrupt (RRT, jagged) demonstrations."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 5.5))
+    for k, (eps, title) in enumerate(((clean_eps, "clean"), (corrupt_eps, "corrupt (RRT)"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        _draw_env(ax, env)
+        for ep in list(eps)[:n_show]:
+            s = ep["observation.state"]
+            ax.plot(s[:, 0], s[:, 1], ".-", lw=0.8, ms=2)
+            ax.plot(*ep["observation.goal"][0], "x", color="k", ms=5)
+        ax.set_title(f"{title}: {len(eps)} episodes")
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,212 @@
+"""The ``ambient`` command line: data, training, evaluation, reproduction, demo, UI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from orchestrator.config import ConfigError
+from orchestrator.tracking import configure_environment
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2)
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Ambient Diffusion Policy research platform.
+
+    Generate or import data, train policies that use corrupt data only where it is
+    indistinguishable from clean data (sigma >= sigma_min) or only local (sigma <= sigma_max),
+    evaluate them, and reproduce the paper's tables. Runs are tracked in MLflow (a local SQLite
+    store under ./.ambient unless --tracking-uri or MLFLOW_TRACKING_URI says otherwise).
+    """
+    configure_environment()
+
+
+@main.group()
+def data() -> None:
+    """Create datasets (Parquet shards + meta.json, local directory or s3:// prefix)."""
+
+
+@data.command("generate")
+@click.argument("task", type=click.Choice(["maze", "bin-sorting"]))
+@click.option(
+    "--clean",
+    "n_clean",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Clean demonstrations (GCS-like plans / correct sorting logic).",
+)
+@click.option(
+    "--corrupt",
+    "n_corrupt",
+    type=click.IntRange(0),
+    default=5000,
+    show_default=True,
+    help="Corrupt demonstrations (RRT plans / opposite sorting logic).",
+)
+@click.option("--out", required=True, help="Output directory or s3://bucket/prefix.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) -> None:
+    """Write OUT/clean and OUT/corrupt datasets for TASK and print timings and digests."""
+    from jobs.generate import generate
+
+    try:
+        _print_json(generate(task.replace("-", "_"), n_clean, n_corrupt, out, seed))
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Run config YAML (see sweeps/train/).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. --set train.steps=500 --set data.corrupt.0.sigma_min=0.1",
+)
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite under ./.ambient).")
+@click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+def train(
+    config_path: str, overrides: tuple[str, ...], tracking_uri: str | None, no_track: bool
+) -> None:
+    """Train, evaluate and log one run from a config file."""
+    from jobs.train import run_training
+    from orchestrator.config import load_run_config
+
+    try:
+        cfg = load_run_config(config_path, list(overrides))
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    res = run_training(cfg, tracking_uri, track=not no_track, verbose=True)
+    _print_json({k: v for k, v in res.items() if k != "history"})
+
+
+@main.command("eval")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Checkpoint directory written by `ambient train`.",
+)
+@click.option("--episodes", type=click.IntRange(1), help="Evaluation episodes (default: config).")
+@click.option("--seed", type=int, help="Evaluation seed (default: the config's).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a rollout PNG here.")
+@click.option("--tracking-uri")
+@click.option("--no-track", is_flag=True)
+def eval_cmd(
+    checkpoint: str,
+    episodes: int | None,
+    seed: int | None,
+    plot: str | None,
+    tracking_uri: str | None,
+    no_track: bool,
+) -> None:
+    """Re-evaluate a saved checkpoint in its environment."""
+    from jobs.train import run_eval
+
+    _print_json(run_eval(checkpoint, episodes, seed, tracking_uri, not no_track, plot))
+
+
+@main.command()
+@click.argument("benchmark", type=click.Choice(["maze", "bin-sorting"]))
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--full", is_flag=True, help="The paper's sizes (for a GPU or a cluster).")
+@click.option("--out", default=None, help="Output directory (default .ambient/reproduce/NAME).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Runs trained in parallel (one torch thread each).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override applied to every row, e.g. --set train.steps=1000",
+)
+@click.option("--tracking-uri")
+def reproduce(
+    benchmark: str,
+    seeds: int,
+    full: bool,
+    out: str | None,
+    workers: int,
+    overrides: tuple[str, ...],
+    tracking_uri: str | None,
+) -> None:
+    """Run the paper's table for BENCHMARK and write a markdown + CSV table and a figure."""
+    from jobs.reproduce import reproduce as run
+
+    try:
+        res = run(
+            benchmark.replace("-", "_"), seeds, full, out, workers, list(overrides), tracking_uri
+        )
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    click.echo(res["markdown"])
+    click.echo(f"\nwritten: {res['dir']}")
+
+
+@main.command()
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--tracking-uri")
+def demo(steps: int, tracking_uri: str | None) -> None:
+    """Short end-to-end run on embedded defaults: small maze data, ambient training, evaluation."""
+    from jobs.demo import run_demo
+
+    run_demo(steps, tracking_uri)
+
+
+@main.command()
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--tracking-uri")
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the local store and print its URL."""
+    import subprocess
+
+    from orchestrator.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    click.echo(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

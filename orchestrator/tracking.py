@@ -1,0 +1,200 @@
+"""MLflow layout: one experiment per study, a run per training/annotation job, child runs by tag.
+
+Everything goes through an explicit ``MlflowClient`` (no fluent global state), so the same code
+works in the driver, in Ray workers (which do not inherit the driver's tracking URI) and across
+processes (``parent_run_id`` is a tag, not a per-process run stack).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+MAX_PARAM_VALUE = 6000
+SECRET_MARKERS = ("secret", "password", "token", "credential", "access_key")
+
+
+def configure_environment() -> None:
+    """No telemetry, Ray on loopback without token auth, matplotlib cache inside the project."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MPLCONFIGDIR", str(ambient_home() / "mpl"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def ambient_home() -> Path:
+    """Working directory for local state (SQLite store, artifacts, data, runs)."""
+    return Path(os.environ.get("AMBIENT_HOME", Path.cwd() / ".ambient")).resolve()
+
+
+def default_tracking_uri() -> str:
+    home = ambient_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
+    """SQLite allows one writer: back off on 'database is locked' instead of failing a run."""
+    delay = 0.1
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException wraps sqlite3.OperationalError
+            if "locked" not in str(exc).lower() or i == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Get or create an experiment (create it in the driver before trials start)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = (ambient_home() / "mlartifacts" / name).as_uri()
+    try:
+        return str(_retry(client.create_experiment, name, artifact_location=artifact_location))
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # lost a creation race
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def _is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(m in k for m in SECRET_MARKERS)
+
+
+class RunTracker:
+    """One MLflow run, opened or reopened by id; params logged once, metrics any time."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+
+    @classmethod
+    def start(
+        cls,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> RunTracker:
+        exp_id = ensure_experiment(uri, experiment)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        client = _client(uri)
+        run = _retry(client.create_run, exp_id, run_name=run_name, tags=all_tags)
+        return cls(uri, run.info.run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log immutable params once; secret-looking keys are refused, long values truncated."""
+        from mlflow.entities import Param
+
+        bad = [k for k in params if _is_secret(k)]
+        if bad:
+            raise ValueError(f"refusing to log secret-looking params to MLflow: {bad}")
+        items = [Param(k[:250], str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), ts, int(step or 0))
+            for k, v in metrics.items()
+            if v is not None and v == v  # MLflow rejects NaN on some backends; skip it
+        ]
+        for i in range(0, len(items), 500):
+            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            _retry(self.client.set_tag, self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        p = Path(path)
+        if p.is_dir():
+            _retry(self.client.log_artifacts, self.run_id, str(p), artifact_path)
+        else:
+            _retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        _retry(self.client.log_dict, self.run_id, data, artifact_file)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """Record a dataset (or annotation manifest) as a run input with its content digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:36], source_type="path", source=source, schema=None)
+        _retry(
+            self.client.log_inputs,
+            self.run_id,
+            datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])],
+        )
+
+    def end(self, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, self.run_id, status)
+
+    def status(self) -> str:
+        return str(self.client.get_run(self.run_id).info.status)
+
+    @contextmanager
+    def active(self) -> Iterator[RunTracker]:
+        """End FINISHED on success, FAILED with the traceback as an artifact on error."""
+        try:
+            yield self
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            try:
+                self.log_text(traceback.format_exc(), "error/traceback.txt")
+                self.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            finally:
+                self.end(status)
+            raise
+        else:
+            self.end("FINISHED")
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary directory for artifacts before upload (inside the project's home)."""
+    base = ambient_home() / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        yield Path(d)
