@@ -258,11 +258,16 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.decay(self.optimization_step)
-        for ema_p, p in zip(self.averaged.parameters(), model.parameters(), strict=True):
-            if p.requires_grad:
-                ema_p.mul_(d).add_(p.detach(), alpha=1 - d)
-            else:
-                ema_p.copy_(p.detach())
+        pairs = list(zip(self.averaged.parameters(), model.parameters(), strict=True))
+        ema_t = [e for e, p in pairs if p.requires_grad]
+        if ema_t:  # one fused pass instead of two small ops per tensor
+            torch._foreach_mul_(ema_t, d)
+            torch._foreach_add_(
+                ema_t, [p.detach() for _, p in pairs if p.requires_grad], alpha=1 - d
+            )
+        for e, p in pairs:
+            if not p.requires_grad:
+                e.copy_(p.detach())
         for ema_b, b in zip(self.averaged.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
         self.optimization_step += 1

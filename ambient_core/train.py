@@ -114,6 +114,7 @@ def make_state(
         lr=config.lr,
         betas=config.betas,
         weight_decay=config.weight_decay,
+        foreach=True,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, cosine_warmup_lambda(config.warmup_steps, config.steps)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from jobs.train import run_training
 from orchestrator.config import load_run_config
-from orchestrator.tracking import ambient_home, resolve_tracking_uri
+from orchestrator.settings import ambient_home
+from orchestrator.tracking import resolve_tracking_uri
 
 CONFIG = Path(__file__).resolve().parents[1] / "sweeps" / "train" / "maze_ambient.yaml"
 

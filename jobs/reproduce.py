@@ -18,12 +18,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.config import RunConfig, load_run_config
-from orchestrator.tracking import (
-    RunTracker,
-    ambient_home,
-    configure_environment,
-    resolve_tracking_uri,
-)
+from orchestrator.settings import ambient_home, configure_environment
+from orchestrator.tracking import RunTracker, resolve_tracking_uri
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "train"
 
@@ -64,8 +60,8 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "data.generate.clean=50",
             "data.generate.corrupt=5000",
             "eval.episodes=1000",
-            "data.clean.0.path=.ambient/data/maze-full/clean",
-            "data.corrupt.0.path=.ambient/data/maze-full/corrupt",
+            "data.clean.0.path=data/maze-full/clean",
+            "data.corrupt.0.path=data/maze-full/corrupt",
             "train.steps=30000",
             "train.batch_size=256",
             "train.lr=1e-4",

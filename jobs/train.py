@@ -38,13 +38,9 @@ from ambient_core.train import (
 from jobs.datasets import META_FILE, read_frames
 from jobs.generate import generate
 from orchestrator.config import RunConfig, flatten, load_run_config
+from orchestrator.settings import ambient_home, configure_environment, resolve_location
 from orchestrator.storage import StorageRoot
-from orchestrator.tracking import (
-    RunTracker,
-    ambient_home,
-    configure_environment,
-    resolve_tracking_uri,
-)
+from orchestrator.tracking import RunTracker, resolve_tracking_uri
 
 
 @dataclass
@@ -58,20 +54,27 @@ class PreparedRun:
 
 
 def _ensure_generated(cfg: RunConfig) -> None:
+    """Generate <dir>/clean and <dir>/corrupt when the config asks for it and they are missing."""
     gen = cfg.data.generate
     if gen is None:
         return
     refs = [*cfg.data.clean[:1], *cfg.data.corrupt[:1]]
-    if all(StorageRoot(r.path).exists(META_FILE) for r in refs):
+    if all(StorageRoot(resolve_location(r.path)).exists(META_FILE) for r in refs):
         return
-    clean, corrupt = cfg.data.clean[0].path, cfg.data.corrupt[0].path if cfg.data.corrupt else None
-    parent = str(Path(clean).parent) if "://" not in clean else clean.rsplit("/", 1)[0]
-    if Path(clean).name != "clean" or (corrupt and Path(corrupt).name != "corrupt"):
+    clean = resolve_location(cfg.data.clean[0].path) if cfg.data.clean else None
+    corrupt = resolve_location(cfg.data.corrupt[0].path) if cfg.data.corrupt else None
+    parents = {p.rsplit("/", 1)[0] for p in (clean, corrupt) if p}
+    if (
+        clean is None
+        or clean.rsplit("/", 1)[-1] != "clean"
+        or (corrupt and corrupt.rsplit("/", 1)[-1] != "corrupt")
+        or len(parents) != 1
+    ):
         raise ValueError(
-            "data.generate writes <dir>/clean and <dir>/corrupt: point data.clean[0].path and "
-            "data.corrupt[0].path at such a pair"
+            "data.generate writes <dir>/clean and <dir>/corrupt: point data.clean.0.path and "
+            "data.corrupt.0.path at such a pair"
         )
-    generate(cfg.task, gen.clean, gen.corrupt if corrupt else 0, parent, gen.seed, plot=True)
+    generate(cfg.task, gen.clean, gen.corrupt if corrupt else 0, parents.pop(), gen.seed)
 
 
 def prepare(cfg: RunConfig) -> PreparedRun:
@@ -90,13 +93,14 @@ def prepare(cfg: RunConfig) -> PreparedRun:
     if not groups:
         raise ValueError("the mixing settings leave no dataset to train on")
     for kind, ref in groups:
-        f, meta = read_frames(StorageRoot(ref.path), keys, ref.name, ref.max_episodes)
+        root = StorageRoot(resolve_location(ref.path))
+        f, meta = read_frames(root, keys, ref.name, ref.max_episodes)
         frames.append(f)
         info.append(
             {
                 "kind": kind,
                 "name": f.name,
-                "uri": StorageRoot(ref.path).uri,
+                "uri": root.uri,
                 "digest": meta["digest"],
                 "episodes": len(f.episode_bounds),
             }
@@ -272,7 +276,8 @@ def run_training(
             parent_run_id,
             {"task": cfg.task, **(tags or {})},
         )
-    out_dir = Path(cfg.output_dir or ambient_home() / "runs") / (
+    base = Path(resolve_location(cfg.output_dir)) if cfg.output_dir else ambient_home() / "runs"
+    out_dir = base / (
         f"{cfg.name}-{tracker.run_id[:8]}" if tracker else f"{cfg.name}-{int(time.time())}"
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from orchestrator.config import ConfigError
-from orchestrator.tracking import configure_environment
+from orchestrator.settings import configure_environment
 
 
 def _fail(exc: Exception) -> None:

@@ -16,28 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
+from orchestrator.settings import ambient_home
+
 MAX_PARAM_VALUE = 6000
 SECRET_MARKERS = ("secret", "password", "token", "credential", "access_key")
-
-
-def configure_environment() -> None:
-    """No telemetry, Ray on loopback without token auth, matplotlib cache inside the project."""
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("MPLCONFIGDIR", str(ambient_home() / "mpl"))
-    os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-def ambient_home() -> Path:
-    """Working directory for local state (SQLite store, artifacts, data, runs)."""
-    return Path(os.environ.get("AMBIENT_HOME", Path.cwd() / ".ambient")).resolve()
 
 
 def default_tracking_uri() -> str:
@@ -135,7 +117,7 @@ class RunTracker:
         items = [
             Metric(k, float(v), ts, int(step or 0))
             for k, v in metrics.items()
-            if v is not None and v == v  # MLflow rejects NaN on some backends; skip it
+            if v is not None
         ]
         for i in range(0, len(items), 500):
             _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 500])

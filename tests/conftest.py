@@ -21,6 +21,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MPLCONFIGDIR", str(WORK / "mpl"))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Relative data paths, the SQLite store and run directories of tests live here, never in ./.ambient.
+os.environ["AMBIENT_HOME"] = str(WORK / "home")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import torch  # noqa: E402
 
