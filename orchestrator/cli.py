@@ -68,6 +68,47 @@ def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) 
         _fail(exc)
 
 
+@data.command("import")
+@click.argument("fmt", type=click.Choice(["lerobot", "zarr"]))
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--out", required=True, help="Output directory or s3://bucket/prefix.")
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="OURS=THEIRS",
+    help="Feature mapping, e.g. --map observation.goal=target; 'action=' drops one.",
+)
+@click.option("--source", help="Dataset name (default: from PATH).")
+@click.option("--task", default="imported", show_default=True)
+@click.option("--fps", type=float, help="Frame rate (zarr stores none; LeRobot's info.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+def data_import(
+    fmt: str,
+    path: str,
+    out: str,
+    mapping: tuple[str, ...],
+    source: str | None,
+    task: str,
+    fps: float | None,
+    overwrite: bool,
+) -> None:
+    """Import a LeRobot v2/v3 dataset or a diffusion_policy zarr replay buffer from PATH."""
+    from ambient_core.data import DataError
+    from jobs.importers import import_lerobot, import_zarr, parse_mapping
+
+    try:
+        feats = parse_mapping(list(mapping))
+        if fmt == "lerobot":
+            res = import_lerobot(path, out, feats, source, task, fps, overwrite)
+        else:
+            res = import_zarr(path, out, feats, source, task, fps or 10.0, overwrite)
+    except (DataError, ValueError, OSError) as exc:
+        _fail(exc)
+        return
+    _print_json(res)
+
+
 @main.command()
 @click.option(
     "--config",

@@ -1,4 +1,4 @@
-"""Shared fixtures: environment hygiene, one Ray session and one moto S3 server per test session."""
+"""Shared fixtures: environment hygiene and one moto S3 server per test session."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MPLCONFIGDIR", str(WORK / "mpl"))
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Relative data paths, the SQLite store and run directories of tests live here, never in ./.ambient.
+# Relative data paths, SQLite store and run dirs of tests live here, never in ./.ambient.
 os.environ["AMBIENT_HOME"] = str(WORK / "home")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -1,0 +1,557 @@
+"""Import LeRobot (v2.x, v3.0) datasets and diffusion_policy zarr replay buffers.
+
+Why: most public low-dim demonstrations ship in one of these two layouts, and the platform only
+trains on its own (Parquet shards + meta.json, see ``jobs.datasets``). Importers map THEIR
+columns onto OUR feature names, flatten every feature to (L, D) float32, reject what training
+would silently choke on (missing columns, NaN/inf, frame gaps, truncated downloads) with a
+message naming the file, column and episode, re-index episodes to 0..E-1 (the original ids are
+kept in meta.json as ``source_episode_index``) and then write through ``write_dataset``.
+
+Examples::
+
+    python -m jobs.importers lerobot PATH --out DIR \\
+        --map observation.goal=observation.environment_state
+    python -m jobs.importers zarr pusht_cchi_v7_replay.zarr --out s3://bucket/pusht
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ambient_core.data import INDEX_COLUMNS, DataError
+from ambient_core.envs.base import Episode
+from jobs.datasets import META_FILE, write_dataset
+from orchestrator.storage import StorageRoot, validate_name
+
+__all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "import_zarr", "main", "parse_mapping"]
+
+#: OUR feature name -> THEIR LeRobot column, used unless ``features`` overrides or drops it.
+LEROBOT_DEFAULTS: dict[str, str] = {"observation.state": "observation.state", "action": "action"}
+#: Candidates for OUR ``observation.state`` in a zarr replay buffer, first present wins.
+ZARR_STATE_KEYS: tuple[str, ...] = ("state", "agent_pos")
+#: LeRobot dtypes that hold pixels; we are low-dim only, so these are skipped.
+PIXEL_DTYPES = frozenset({"video", "image"})
+SUPPORTED_LEROBOT = ("v2.0", "v2.1", "v3.0")
+_RESERVED = frozenset({*INDEX_COLUMNS, "source"})
+_DEFAULT_DATA_PATH = {
+    "v2": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+    "v3": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+}
+
+FeatureMap = Mapping[str, str | None]
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def parse_mapping(items: Sequence[str]) -> dict[str, str | None]:
+    """``["ours=theirs", "ours="]`` -> ``{ours: theirs, ours: None}`` (empty drops a default)."""
+    mapping: dict[str, str | None] = {}
+    for item in items:
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip():
+            raise DataError(f"--map {item!r}: expected OURS=THEIRS, e.g. observation.goal=target")
+        mapping[ours.strip()] = theirs.strip() or None
+    return mapping
+
+
+def _resolve_features(defaults: Mapping[str, str], features: FeatureMap | None) -> dict[str, str]:
+    """Defaults overridden by ``features``; a None/empty value drops that default."""
+    merged: dict[str, str] = dict(defaults)
+    for ours, theirs in (features or {}).items():
+        try:
+            validate_name(ours, "feature name")
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        if ours in _RESERVED:
+            raise DataError(f"feature name {ours!r} is reserved for the dataset layout")
+        if theirs is None or theirs == "":
+            merged.pop(ours, None)
+        else:
+            merged[ours] = theirs
+    if not merged:
+        raise DataError("no features to import: the mapping is empty")
+    return merged
+
+
+def _default_source(path: Path) -> str:
+    """A dataset name from the input's directory name, made safe for keys and paths."""
+    name = path.name
+    for suffix in (".zarr.zip", ".zip", ".zarr"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._")[:128]
+    return name or "imported"
+
+
+def _check_source(source: str | None, path: Path) -> str:
+    if source is None:
+        return _default_source(path)
+    try:
+        return validate_name(source, "source (dataset name)")
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def _arrow_matrix(arr: pa.Array, where: str) -> np.ndarray:
+    """Scalar, list, large_list or fixed_size_list (nested too) -> dense (N, D) float32."""
+    if arr.null_count:
+        raise DataError(f"{where}: {arr.null_count} null values")
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        if lengths.size and np.any(lengths != lengths[0]):
+            row = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise DataError(
+                f"{where}: ragged lists (length {int(lengths[row])} at row {row}, "
+                f"{int(lengths[0])} at row 0)"
+            )
+        k = int(lengths[0]) if lengths.size else 0
+        inner = _arrow_matrix(arr.flatten(), where)
+        return inner.reshape(len(arr), k * inner.shape[1])
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        values = arr.to_numpy(zero_copy_only=False)
+        return values.astype(np.float32).reshape(-1, 1)
+    raise DataError(f"{where}: type {t} is not numeric (low-dim features only)")
+
+
+def _check_finite(
+    label: str, ours: str, theirs: str, x: np.ndarray, ep: np.ndarray, fr: np.ndarray
+) -> None:
+    """NaN/inf would poison normalisation statistics; say how many and where."""
+    bad_values = ~np.isfinite(x)
+    if not bad_values.any():
+        return
+    rows = bad_values.any(axis=1)
+    first = int(np.flatnonzero(rows)[0])
+    episodes = np.unique(ep[rows])
+    raise DataError(
+        f"{label}: column {theirs!r} (-> {ours!r}) has {int(bad_values.sum())} NaN/inf values "
+        f"in {int(rows.sum())} frames of {len(episodes)} episodes "
+        f"(episodes {episodes[:10].tolist()}{'...' if len(episodes) > 10 else ''}); "
+        f"first at episode {int(ep[first])} frame {int(fr[first])}"
+    )
+
+
+def _split_episodes(
+    label: str, ep: np.ndarray, fr: np.ndarray, feats: dict[str, np.ndarray]
+) -> tuple[list[Episode], list[int]]:
+    """Sort rows by (episode, frame), require frames 0..L-1, cut into episodes."""
+    order = np.lexsort((fr, ep))
+    ep, fr = ep[order], fr[order]
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    ends = np.r_[starts[1:], ep.size]
+    expected = np.arange(ep.size) - np.repeat(starts, ends - starts)
+    if np.any(fr != expected):
+        row = int(np.flatnonzero(fr != expected)[0])
+        raise DataError(
+            f"{label}: episode {int(ep[row])} has frame_index {int(fr[row])} where "
+            f"{int(expected[row])} was expected (frames must be 0..L-1 without gaps or "
+            "duplicates)"
+        )
+    sorted_feats = {k: v[order] for k, v in feats.items()}
+    episodes = [
+        {k: v[s:e] for k, v in sorted_feats.items()} for s, e in zip(starts, ends, strict=True)
+    ]
+    return episodes, [int(i) for i in ep[starts]]
+
+
+def _write(
+    out: str | os.PathLike[str],
+    episodes: list[Episode],
+    source: str,
+    task: str,
+    fps: float,
+    overwrite: bool,
+    extra: dict[str, Any],
+) -> tuple[StorageRoot, dict[str, Any]]:
+    root = StorageRoot(out)
+    if not overwrite and root.exists(META_FILE):
+        raise DataError(
+            f"{root.uri_for(META_FILE)} already exists; pass overwrite=True (--overwrite) to "
+            "replace that dataset"
+        )
+    return root, write_dataset(root, episodes, source, task, fps=fps, extra=extra)
+
+
+def _result(
+    fmt: str,
+    root: StorageRoot,
+    meta: dict[str, Any],
+    mapping: dict[str, str],
+    skipped: dict[str, str],
+    notes: list[str],
+    **more: Any,
+) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        **more,
+        "out": root.uri,
+        "source": meta["name"],
+        "episodes": meta["episodes"],
+        "frames": meta["frames"],
+        "fps": meta["fps"],
+        "features": {
+            k: {"from": mapping[k], "shape": v["shape"]} for k, v in meta["features"].items()
+        },
+        "skipped": skipped,
+        "notes": notes,
+        "digest": meta["digest"],
+    }
+
+
+# ------------------------------------------------------------------------------- LeRobot
+
+
+def _lerobot_info(path: Path) -> tuple[dict[str, Any], str, str]:
+    """info.json, its codebase_version and the layout family ("v2" or "v3")."""
+    info_path = path / "meta" / "info.json"
+    if not info_path.is_file():
+        raise DataError(
+            f"{info_path} not found: {path} is not a LeRobot v2/v3 dataset (v1.x datasets must "
+            "first be converted with lerobot's conversion scripts)"
+        )
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{info_path} is not valid JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected a JSON object")
+    version = str(info.get("codebase_version", ""))
+    if version not in SUPPORTED_LEROBOT:
+        raise DataError(
+            f"{info_path}: unsupported codebase_version {version or None!r}; supported: "
+            f"{', '.join(SUPPORTED_LEROBOT)} (convert other versions with lerobot first)"
+        )
+    return info, version, version[:2]
+
+
+def _data_files(path: Path, info: dict[str, Any], family: str, info_path: Path) -> list[Path]:
+    """Parquet files matching the info.json data_path template (placeholders -> '*')."""
+    template = str(info.get("data_path") or _DEFAULT_DATA_PATH[family])
+    parts = template.split("/")
+    if template.startswith("/") or ".." in parts:
+        raise DataError(f"{info_path}: data_path {template!r} must stay inside the dataset")
+    pattern = re.sub(r"\{[^}]*\}", "*", template)
+    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise DataError(f"{path}: no data files match {pattern!r} (data_path in {info_path})")
+    return files
+
+
+def import_lerobot(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    features: FeatureMap | None = None,
+    source: str | None = None,
+    task: str = "imported",
+    fps: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Import a local LeRobot v2.x/v3.0 dataset directory into our layout at ``out``.
+
+    ``features`` maps OUR feature -> THEIR column and is merged over ``LEROBOT_DEFAULTS``
+    (a None value drops a default). ``fps`` defaults to info.json's. Video/image features are
+    skipped (low-dim only). Returns counts, feature shapes, the out URI and the content digest.
+    """
+    path = Path(path).expanduser().resolve()
+    info, version, family = _lerobot_info(path)
+    info_path = path / "meta" / "info.json"
+    label = f"LeRobot dataset {path}"
+    mapping = _resolve_features(LEROBOT_DEFAULTS, features)
+    declared: dict[str, Any] = info.get("features") or {}
+    if not isinstance(declared, dict):
+        raise DataError(f"{info_path}: 'features' must be an object")
+    skipped = {
+        k: str(v.get("dtype"))
+        for k, v in declared.items()
+        if isinstance(v, dict) and v.get("dtype") in PIXEL_DTYPES
+    }
+    for ours, theirs in mapping.items():
+        if theirs in skipped:
+            raise DataError(
+                f"{info_path}: column {theirs!r} (-> {ours!r}) is a {skipped[theirs]} feature; "
+                "only low-dim (numeric) features can be imported"
+            )
+    columns = list(dict.fromkeys(mapping.values()))
+    files = _data_files(path, info, family, info_path)
+
+    eps: list[np.ndarray] = []
+    frs: list[np.ndarray] = []
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    notes: list[str] = []
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file: {exc}") from exc
+        missing = [c for c in ["episode_index", *columns] if c not in names]
+        if missing:
+            ours_of = {v: k for k, v in mapping.items()}
+            which = ", ".join(
+                f"{c!r} (mapped to {ours_of[c]!r})" if c in ours_of else repr(c) for c in missing
+            )
+            raise DataError(f"{f}: missing column {which}; the file has {sorted(names)}")
+        has_frame = "frame_index" in names
+        read = ["episode_index", *(["frame_index"] if has_frame else []), *columns]
+        table = pq.read_table(f, columns=read)
+        if table.num_rows == 0:
+            continue
+        ep = _arrow_matrix(table.column("episode_index").combine_chunks(), f"{f}: episode_index")
+        ep = ep[:, 0].astype(np.int64)
+        if has_frame:
+            fr = _arrow_matrix(table.column("frame_index").combine_chunks(), f"{f}: frame_index")
+            fr = fr[:, 0].astype(np.int64)
+        else:  # row order within the file is the only order there is
+            order = np.argsort(ep, kind="stable")
+            grouped = ep[order]
+            starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+            fr = np.empty_like(ep)
+            fr[order] = np.arange(len(ep)) - np.repeat(starts, np.diff(np.r_[starts, len(ep)]))
+            notes.append(f"{f.name}: no frame_index column, row order used")
+        eps.append(ep)
+        frs.append(fr)
+        for c in columns:
+            x = _arrow_matrix(table.column(c).combine_chunks(), f"{f}: column {c!r}")
+            if cols[c] and cols[c][0].shape[1] != x.shape[1]:
+                raise DataError(
+                    f"{f}: column {c!r} has {x.shape[1]} values per frame, earlier files have "
+                    f"{cols[c][0].shape[1]}"
+                )
+            cols[c].append(x)
+    if not eps:
+        raise DataError(f"{label}: the data files hold no rows")
+    ep_all, fr_all = np.concatenate(eps), np.concatenate(frs)
+    feats: dict[str, np.ndarray] = {}
+    for ours, theirs in mapping.items():
+        x = np.concatenate(cols[theirs])
+        if x.shape[1] == 0:
+            raise DataError(f"{label}: column {theirs!r} (-> {ours!r}) has zero width")
+        spec = declared.get(theirs)
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if (
+            isinstance(shape, list)
+            and all(isinstance(s, int) for s in shape)
+            and math.prod(shape) != x.shape[1]
+        ):
+            raise DataError(
+                f"{label}: column {theirs!r} has {x.shape[1]} values per frame but "
+                f"{info_path} declares shape {shape}"
+            )
+        _check_finite(label, ours, theirs, x, ep_all, fr_all)
+        feats[ours] = x
+    episodes, source_ids = _split_episodes(label, ep_all, fr_all, feats)
+    for key, found in (("total_episodes", len(episodes)), ("total_frames", len(ep_all))):
+        want = info.get(key)
+        if isinstance(want, int) and want != found:
+            raise DataError(
+                f"{label}: found {found} {key.split('_')[1]} in {len(files)} data files but "
+                f"{info_path} says {key}={want} (incomplete download or stray files?)"
+            )
+    if skipped:
+        notes.append(f"skipped pixel features (low-dim only): {sorted(skipped)}")
+    rate = float(fps if fps is not None else info.get("fps") or 10.0)
+    extra = {
+        "source_episode_index": source_ids,
+        "imported_from": {
+            "format": "lerobot",
+            "codebase_version": version,
+            "path": str(path),
+            "features": mapping,
+            "robot_type": info.get("robot_type"),
+        },
+    }
+    root, meta = _write(out, episodes, _check_source(source, path), task, rate, overwrite, extra)
+    return _result("lerobot", root, meta, mapping, skipped, notes, codebase_version=version)
+
+
+# ---------------------------------------------------------------------------------- zarr
+
+
+def _zarr_mapping(path: Path, available: list[str], features: FeatureMap | None) -> dict[str, str]:
+    """Defaults for a ReplayBuffer (state, else agent_pos; action) merged with ``features``."""
+    state = next((k for k in ZARR_STATE_KEYS if k in available), None)
+    if state is None and not (features and "observation.state" in features):
+        raise DataError(
+            f"{path}: no data/state or data/agent_pos for observation.state; map one "
+            f"explicitly (observation.state=KEY) from data/ arrays {available}"
+        )
+    defaults = {"observation.state": state} if state is not None else {}
+    return _resolve_features({**defaults, "action": "action"}, features)
+
+
+def _read_zarr(
+    path: Path, features: FeatureMap | None
+) -> tuple[dict[str, str], dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Open a ReplayBuffer (directory or .zip); read the mapped arrays and episode_ends."""
+    import zarr
+
+    if not path.exists():
+        raise DataError(f"{path}: no such zarr store")
+    if path.is_dir() and (path / "zarr.json").exists() and not (path / ".zgroup").exists():
+        raise DataError(
+            f"{path}: zarr format 3 store; diffusion_policy ReplayBuffers are zarr format 2"
+        )
+    store: Any = None
+    try:
+        if path.is_file():
+            store = zarr.storage.ZipStore(str(path), mode="r")
+            group = zarr.open_group(store, mode="r")
+        else:
+            group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several unrelated types for "not a group"
+        if store is not None:
+            store.close()
+        raise DataError(f"{path}: not a zarr (format 2) group: {exc}") from exc
+    try:
+        if "data" not in group or "meta" not in group or "episode_ends" not in group["meta"]:
+            raise DataError(
+                f"{path}: not a diffusion_policy ReplayBuffer (needs data/ and "
+                f"meta/episode_ends; has {sorted(group.keys())})"
+            )
+        data = group["data"]
+        available = sorted(data.array_keys())
+        mapping = _zarr_mapping(path, available, features)
+        arrays: dict[str, np.ndarray] = {}
+        for key in dict.fromkeys(mapping.values()):
+            if key not in available:
+                ours = [o for o, t in mapping.items() if t == key]
+                raise DataError(
+                    f"{path}: array data/{key} (mapped to {ours}) not found; data/ has {available}"
+                )
+            arr = data[key]
+            if arr.dtype.kind not in "biuf" or arr.ndim < 1:
+                raise DataError(
+                    f"{path}: data/{key} has dtype {arr.dtype} and shape {arr.shape}; need a "
+                    "numeric array of shape (N, ...)"
+                )
+            if arr.ndim >= 4:
+                raise DataError(
+                    f"{path}: data/{key} has shape {arr.shape}, which looks like images; only "
+                    "low-dim features can be imported"
+                )
+            arrays[key] = np.asarray(arr[:])
+        ends = np.asarray(group["meta"]["episode_ends"][:])
+    finally:
+        if store is not None:
+            store.close()
+    return mapping, arrays, ends, available
+
+
+def import_zarr(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    features: FeatureMap | None = None,
+    source: str | None = None,
+    task: str = "imported",
+    fps: float = 10.0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Import a diffusion_policy ReplayBuffer (``.zarr`` directory or ``.zarr.zip``).
+
+    Defaults: ``observation.state`` <- ``data/state`` (else ``data/agent_pos``), ``action`` <-
+    ``data/action``; ``features`` (OUR -> THEIR key under data/) is merged over them, a None
+    value drops one. Trailing dims are flattened to D. The buffer has no frame rate: ``fps``
+    (PushT's 10 Hz by default) is recorded as given.
+    """
+    path = Path(path).expanduser().resolve()
+    label = f"zarr replay buffer {path}"
+    mapping, arrays, ends, available = _read_zarr(path, features)
+    if ends.ndim != 1 or ends.dtype.kind not in "iu" or ends.size == 0:
+        raise DataError(
+            f"{path}: meta/episode_ends must be a non-empty 1-D integer array, got dtype "
+            f"{ends.dtype} and shape {ends.shape}"
+        )
+    steps = np.diff(np.r_[0, ends.astype(np.int64)])
+    if np.any(steps < 0):
+        i = int(np.flatnonzero(steps < 0)[0])
+        raise DataError(
+            f"{path}: meta/episode_ends must be non-decreasing from 0; episode {i} ends at "
+            f"{int(ends[i])}, before its start"
+        )
+    n_total = int(ends[-1])
+    for key, arr in arrays.items():
+        if len(arr) != n_total:
+            raise DataError(
+                f"{path}: data/{key} has {len(arr)} rows but meta/episode_ends[-1] = {n_total}"
+            )
+    ep = np.repeat(np.arange(len(ends), dtype=np.int64), steps)
+    fr = np.arange(n_total, dtype=np.int64) - np.repeat(np.cumsum(steps) - steps, steps)
+    feats: dict[str, np.ndarray] = {}
+    for ours, theirs in mapping.items():
+        x = arrays[theirs].reshape(n_total, -1).astype(np.float32)
+        if x.shape[1] == 0:
+            raise DataError(f"{path}: data/{theirs} (-> {ours!r}) has zero width")
+        _check_finite(label, ours, f"data/{theirs}", x, ep, fr)
+        feats[ours] = x
+    if n_total == 0:
+        raise DataError(f"{label}: every episode is empty")
+    episodes, source_ids = _split_episodes(label, ep, fr, feats)
+    notes: list[str] = []
+    if np.any(steps == 0):
+        notes.append(f"skipped {int((steps == 0).sum())} empty episodes")
+    unused = [k for k in available if k not in mapping.values()]
+    if unused:
+        notes.append(f"unused arrays under data/: {unused}")
+    extra = {
+        "source_episode_index": source_ids,
+        "imported_from": {"format": "zarr", "path": str(path), "features": mapping},
+    }
+    src = _check_source(source, path)
+    root, meta = _write(out, episodes, src, task, float(fps), overwrite, extra)
+    return _result("zarr", root, meta, mapping, {}, notes)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.importers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("format", choices=["lerobot", "zarr"])
+    p.add_argument("path", help="LeRobot dataset directory, or .zarr directory / .zarr.zip")
+    p.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="OURS=THEIRS",
+        help="feature mapping, repeatable (OURS= drops a default)",
+    )
+    p.add_argument("--source", default=None, help="dataset name (default: input dir name)")
+    p.add_argument("--task", default="imported")
+    p.add_argument("--fps", type=float, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        mapping = parse_mapping(a.map)
+        if a.format == "lerobot":
+            result = import_lerobot(
+                a.path, a.out, mapping, a.source, a.task, a.fps, overwrite=a.overwrite
+            )
+        else:
+            fps = 10.0 if a.fps is None else a.fps
+            result = import_zarr(a.path, a.out, mapping, a.source, a.task, fps, a.overwrite)
+    except DataError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Importers: LeRobot v2/v3 and diffusion_policy zarr fixtures written here, read back via
+``jobs.datasets.read_frames`` so the round trip goes through our real reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from ambient_core.data import DataError
+from jobs.datasets import read_frames, read_meta
+from jobs.importers import import_lerobot, import_zarr, main, parse_mapping
+from orchestrator.storage import StorageRoot
+
+Truth = dict[int, dict[str, np.ndarray]]
+Row = tuple[int, int, dict[str, np.ndarray]]
+GOAL = {"observation.goal": "observation.environment_state"}
+
+
+def _features_info() -> dict[str, dict[str, object]]:
+    return {
+        "observation.image": {"dtype": "video", "shape": [96, 96, 3], "names": None},
+        "observation.state": {"dtype": "float32", "shape": [2], "names": None},
+        "observation.environment_state": {"dtype": "float64", "shape": [3], "names": None},
+        "action": {"dtype": "float32", "shape": [2], "names": None},
+        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+        "index": {"dtype": "int64", "shape": [1], "names": None},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    }
+
+
+def _episode(rng: np.random.Generator, length: int) -> dict[str, np.ndarray]:
+    return {
+        "observation.state": rng.normal(size=(length, 2)).astype(np.float32),
+        "action": rng.normal(size=(length, 2)).astype(np.float32),
+        "observation.environment_state": rng.normal(size=(length, 3)),  # float64 on disk
+        "next.reward": rng.normal(size=length).astype(np.float32),
+    }
+
+
+def _table(rows: list[Row], first_index: int) -> pa.Table:
+    """LeRobot-style rows (episode, frame, per-frame values), mixing the Arrow list types."""
+    state = np.stack([r[2]["observation.state"] for r in rows])
+    action = np.stack([r[2]["action"] for r in rows])
+    env = np.stack([r[2]["observation.environment_state"] for r in rows])
+    return pa.table(
+        {
+            "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(state.ravel()), 2),
+            "observation.environment_state": pa.array(env.tolist(), type=pa.list_(pa.float64())),
+            "action": pa.array(action.tolist(), type=pa.large_list(pa.float32())),
+            "next.reward": pa.array(np.array([r[2]["next.reward"] for r in rows])),
+            "timestamp": pa.array(np.array([r[1] / 10 for r in rows], dtype=np.float32)),
+            "frame_index": pa.array([r[1] for r in rows], type=pa.int64()),
+            "episode_index": pa.array([r[0] for r in rows], type=pa.int64()),
+            "index": pa.array(np.arange(len(rows)) + first_index, type=pa.int64()),
+            "task_index": pa.array([0] * len(rows), type=pa.int64()),
+        }
+    )
+
+
+def _rows(e: int, ep: dict[str, np.ndarray], rng: np.random.Generator) -> list[Row]:
+    length = len(ep["action"])
+    return [(e, int(i), {k: v[i] for k, v in ep.items()}) for i in rng.permutation(length)]
+
+
+def _info(root: Path, version: str, data_path: str, episodes: int, frames: int) -> None:
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    info = {
+        "codebase_version": version,
+        "robot_type": "sim",
+        "fps": 15,
+        "total_episodes": episodes,
+        "total_frames": frames,
+        "chunks_size": 2,
+        "data_path": data_path,
+        "features": _features_info(),
+    }
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+def make_lerobot_v2(
+    root: Path, ep_ids: tuple[int, ...] = (0, 1, 2), lengths: tuple[int, ...] = (5, 7, 4)
+) -> Truth:
+    """One Parquet per episode in chunk dirs (chunks_size 2), rows shuffled within a file."""
+    rng = np.random.default_rng(0)
+    truth: Truth = {}
+    index = 0
+    for e, length in zip(ep_ids, lengths, strict=True):
+        truth[e] = _episode(rng, length)
+        f = root / "data" / f"chunk-{e // 2:03d}" / f"episode_{e:06d}.parquet"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_table(_rows(e, truth[e], rng), index), f)
+        index += length
+    template = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+    _info(root, "v2.1", template, len(ep_ids), index)
+    return truth
+
+
+def make_lerobot_v3(root: Path) -> Truth:
+    """Two files holding 5 episodes (3 + 2), rows of different episodes interleaved."""
+    rng = np.random.default_rng(1)
+    lengths = (3, 6, 4, 5, 2)
+    truth: Truth = {e: _episode(rng, n) for e, n in enumerate(lengths)}
+    index = 0
+    for file_index, eps in enumerate(((0, 1, 2), (3, 4))):
+        rows = [r for e in eps for r in _rows(e, truth[e], rng)]
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+        f = root / "data" / "chunk-000" / f"file-{file_index:03d}.parquet"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_table(rows, index), f)
+        index += len(rows)
+    _info(root, "v3.0", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", 5, index)
+    return truth
+
+
+def _check_round_trip(out: str | Path, truth: Truth, keys: dict[str, str]) -> None:
+    """Every OUR feature equals THEIR column, episodes in original-id order, bounds right."""
+    frames, meta = read_frames(StorageRoot(out), list(keys))
+    ids = sorted(truth)
+    assert frames.episode_index.tolist() == list(range(len(ids)))
+    assert meta["source_episode_index"] == ids
+    lengths = [len(truth[e]["action"]) for e in ids]
+    assert np.diff(frames.episode_bounds, axis=1).ravel().tolist() == lengths
+    for ours, theirs in keys.items():
+        want = np.concatenate([truth[e][theirs].reshape(len(truth[e][theirs]), -1) for e in ids])
+        np.testing.assert_array_equal(frames.features[ours], want.astype(np.float32))
+
+
+def test_lerobot_v2_round_trip_with_goal_mapping(tmp_path: Path) -> None:
+    truth = make_lerobot_v2(tmp_path / "pusht", ep_ids=(0, 1, 5))
+    out = tmp_path / "out"
+    result = import_lerobot(tmp_path / "pusht", out, GOAL)
+    keys = {"observation.state": "observation.state", "action": "action", **GOAL}
+    _check_round_trip(out, truth, keys)
+    assert result["episodes"] == 3 and result["frames"] == 16
+    assert result["source"] == "pusht" and result["fps"] == 15.0
+    assert result["codebase_version"] == "v2.1"
+    assert result["features"]["observation.goal"] == {
+        "from": "observation.environment_state",
+        "shape": [3],
+    }
+    assert result["skipped"] == {"observation.image": "video"}
+    meta = read_meta(StorageRoot(out))
+    assert result["digest"] == meta["digest"] and result["out"] == StorageRoot(out).uri
+    assert meta["imported_from"]["codebase_version"] == "v2.1"
+    assert len(list(tmp_path.joinpath("pusht", "data").iterdir())) == 2  # chunk-000, chunk-002
+
+
+def test_lerobot_v3_multi_episode_files(tmp_path: Path) -> None:
+    truth = make_lerobot_v3(tmp_path / "v3")
+    result = import_lerobot(tmp_path / "v3", tmp_path / "out", GOAL, source="mine", task="pusht")
+    keys = {"observation.state": "observation.state", "action": "action", **GOAL}
+    _check_round_trip(tmp_path / "out", truth, keys)
+    assert (result["episodes"], result["frames"], result["source"]) == (5, 20, "mine")
+    assert read_meta(StorageRoot(tmp_path / "out"))["task"] == "pusht"
+
+
+def test_lerobot_mapping_overrides_and_drops_defaults(tmp_path: Path) -> None:
+    truth = make_lerobot_v2(tmp_path / "ds")
+    mapping = {"observation.state": "next.reward", "observation.goal": "observation.state"}
+    result = import_lerobot(tmp_path / "ds", tmp_path / "a", mapping)
+    assert result["features"]["observation.state"] == {"from": "next.reward", "shape": [1]}
+    keys = {
+        "observation.state": "next.reward",
+        "action": "action",
+        "observation.goal": "observation.state",
+    }
+    _check_round_trip(tmp_path / "a", truth, keys)
+    dropped = import_lerobot(tmp_path / "ds", tmp_path / "b", {"observation.state": None})
+    assert list(dropped["features"]) == ["action"]
+    assert list(read_meta(StorageRoot(tmp_path / "b"))["features"]) == ["action"]
+
+
+def test_lerobot_missing_column_names_column_and_file(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds")
+    with pytest.raises(DataError) as err:
+        import_lerobot(tmp_path / "ds", tmp_path / "out", {"observation.goal": "goal_pos"})
+    msg = str(err.value)
+    assert "'goal_pos'" in msg and "'observation.goal'" in msg
+    assert "episode_000000.parquet" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_lerobot_nan_names_the_episode(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds", ep_ids=(0, 3, 4))
+    f = tmp_path / "ds" / "data" / "chunk-001" / "episode_000003.parquet"
+    table = pq.read_table(f)
+    values = np.stack(table.column("action").to_pylist()).astype(np.float32)
+    values[2, 1], values[4, 0] = np.nan, np.inf
+    col = pa.array(values.tolist(), type=pa.list_(pa.float32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", col), f)
+    with pytest.raises(DataError, match=r"'action'.*2 NaN/inf values.*first at episode 3"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+
+
+def test_lerobot_version_and_layout_errors(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds")
+    info_path = tmp_path / "ds" / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "codebase_version": "v1.6"}))
+    with pytest.raises(DataError, match=r"info.json: unsupported codebase_version 'v1.6'"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match="video feature"):
+        import_lerobot(
+            tmp_path / "ds", tmp_path / "out", {"observation.state": "observation.image"}
+        )
+    (tmp_path / "ds" / "data" / "chunk-000" / "episode_000001.parquet").unlink()
+    with pytest.raises(DataError, match="total_episodes=3"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+    with pytest.raises(DataError, match="not a LeRobot"):
+        import_lerobot(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_lerobot_frame_gap_rejected(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds")
+    f = tmp_path / "ds" / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(f)
+    pq.write_table(table.filter(pa.compute.not_equal(table.column("frame_index"), 3)), f)
+    info_path = tmp_path / "ds" / "meta" / "info.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "total_frames": 15}))
+    with pytest.raises(DataError, match="episode 1 has frame_index 4 where 3 was expected"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds")
+    import_lerobot(tmp_path / "ds", tmp_path / "out")
+    with pytest.raises(DataError, match="already exists"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+    assert import_lerobot(tmp_path / "ds", tmp_path / "out", overwrite=True)["episodes"] == 3
+
+
+def test_lerobot_to_s3(tmp_path: Path, s3_bucket: str) -> None:
+    truth = make_lerobot_v3(tmp_path / "v3")
+    out = f"s3://{s3_bucket}/imported/pusht"
+    result = import_lerobot(tmp_path / "v3", out, GOAL)
+    assert result["out"] == out
+    keys = {"observation.state": "observation.state", "action": "action", **GOAL}
+    _check_round_trip(out, truth, keys)
+
+
+# ---------------------------------------------------------------------------------- zarr
+
+
+def make_zarr(
+    path: Path, ends: tuple[int, ...] = (4, 9, 9, 12), state_key: str = "state"
+) -> dict[str, np.ndarray]:
+    """A ReplayBuffer: data/* of shape (N, ...) and meta/episode_ends (one empty episode)."""
+    rng = np.random.default_rng(2)
+    n = ends[-1]
+    arrays = {
+        state_key: rng.normal(size=(n, 3)).astype(np.float32),
+        "action": rng.normal(size=(n, 2)),
+        "target": rng.normal(size=(n, 2)).astype(np.float32),
+        "keypoint": rng.normal(size=(n, 3, 2)).astype(np.float32),
+    }
+    store: zarr.storage.BaseStore | str = str(path)
+    if path.name.endswith(".zip"):
+        store = zarr.ZipStore(str(path), mode="w")
+    group = zarr.group(store=store, overwrite=True)
+    data, meta = group.create_group("data"), group.create_group("meta")
+    for key, value in arrays.items():
+        data.array(key, value, chunks=(5, *value.shape[1:]))
+    meta.array("episode_ends", np.array(ends, dtype=np.int64))
+    if isinstance(store, zarr.ZipStore):
+        store.close()
+    return arrays
+
+
+def _zarr_truth(arrays: dict[str, np.ndarray], ends: tuple[int, ...]) -> Truth:
+    starts = (0, *ends[:-1])
+    return {
+        i: {k: v[s:e] for k, v in arrays.items()}
+        for i, (s, e) in enumerate(zip(starts, ends, strict=True))
+        if e > s
+    }
+
+
+def test_zarr_round_trip_defaults_and_target(tmp_path: Path) -> None:
+    arrays = make_zarr(tmp_path / "pusht_replay.zarr")
+    out = tmp_path / "out"
+    result = import_zarr(tmp_path / "pusht_replay.zarr", out, {"observation.goal": "target"})
+    truth = _zarr_truth(arrays, (4, 9, 9, 12))
+    keys = {"observation.state": "state", "action": "action", "observation.goal": "target"}
+    _check_round_trip(out, truth, keys)  # source ids [0, 1, 3]: the empty episode 2 is gone
+    assert (result["episodes"], result["frames"], result["source"]) == (3, 12, "pusht_replay")
+    assert any("empty episodes" in n for n in result["notes"])
+    assert any("keypoint" in n for n in result["notes"])
+
+
+def test_zarr_agent_pos_fallback_flatten_and_zip(tmp_path: Path) -> None:
+    path = tmp_path / "buf.zarr.zip"
+    arrays = make_zarr(path, ends=(5, 12), state_key="agent_pos")
+    result = import_zarr(path, tmp_path / "out", {"observation.goal": "keypoint"}, fps=20)
+    assert result["features"]["observation.state"]["from"] == "agent_pos"
+    assert result["features"]["observation.goal"]["shape"] == [6]
+    assert result["source"] == "buf" and result["fps"] == 20.0
+    keys = {"observation.state": "agent_pos", "action": "action", "observation.goal": "keypoint"}
+    _check_round_trip(tmp_path / "out", _zarr_truth(arrays, (5, 12)), keys)
+
+
+def test_zarr_errors(tmp_path: Path) -> None:
+    make_zarr(tmp_path / "a.zarr", ends=(4, 9, 11))  # data has 11 rows, ends claim 11: fine
+    with pytest.raises(DataError, match=r"data/goal .*'observation.goal'.*not found"):
+        import_zarr(tmp_path / "a.zarr", tmp_path / "out", {"observation.goal": "goal"})
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="a")
+    group["meta"]["episode_ends"][:] = [4, 9, 10]
+    with pytest.raises(DataError, match=r"data/\w+ has 11 rows but meta/episode_ends\[-1\] = 10"):
+        import_zarr(tmp_path / "a.zarr", tmp_path / "out")
+    group["meta"]["episode_ends"][:] = [4, 3, 11]
+    with pytest.raises(DataError, match="episode 1 ends at 3"):
+        import_zarr(tmp_path / "a.zarr", tmp_path / "out")
+    group["meta"]["episode_ends"][:] = [4, 9, 11]
+    group["data"]["target"][6] = np.nan
+    with pytest.raises(
+        DataError, match=r"2 NaN/inf values in 1 frames .*first at episode 1 frame 2"
+    ):
+        import_zarr(tmp_path / "a.zarr", tmp_path / "out", {"observation.goal": "target"})
+    make_zarr(tmp_path / "b.zarr", state_key="qpos")
+    with pytest.raises(DataError, match="observation.state=KEY"):
+        import_zarr(tmp_path / "b.zarr", tmp_path / "out")
+    assert import_zarr(tmp_path / "b.zarr", tmp_path / "out", {"observation.state": "qpos"})
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(DataError, match="not a zarr"):
+        import_zarr(tmp_path / "empty.zarr", tmp_path / "out2")
+
+
+def test_zarr_to_s3(tmp_path: Path, s3_bucket: str) -> None:
+    arrays = make_zarr(tmp_path / "r.zarr")
+    out = f"s3://{s3_bucket}/zarr-import"
+    import_zarr(tmp_path / "r.zarr", out, {"observation.goal": "target"})
+    keys = {"observation.state": "state", "action": "action", "observation.goal": "target"}
+    _check_round_trip(out, _zarr_truth(arrays, (4, 9, 9, 12)), keys)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_zarr(tmp_path / "r.zarr")
+    out = tmp_path / "out"
+    main(["zarr", str(tmp_path / "r.zarr"), "--out", str(out), "--map", "observation.goal=target"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 3 and result["features"]["observation.goal"]["shape"] == [2]
+    make_lerobot_v2(tmp_path / "ds")
+    main(["lerobot", str(tmp_path / "ds"), "--out", str(tmp_path / "o2"), "--map", "action="])
+    assert list(json.loads(capsys.readouterr().out)["features"]) == ["observation.state"]
+    with pytest.raises(SystemExit) as exc:
+        main(["lerobot", str(tmp_path / "ds"), "--out", str(tmp_path / "o2")])
+    assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert parse_mapping(["a.b=c", "x="]) == {"a.b": "c", "x": None}
+    with pytest.raises(DataError, match="OURS=THEIRS"):
+        parse_mapping(["nope"])
