@@ -55,7 +55,14 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
                 {"success_rate": 0.995, "mean_sq_accel": 31.0},
             ),
         ],
-        "metrics": ["success_rate", "mean_sq_accel", "mean_sq_jerk", "collision_rate"],
+        "metrics": [
+            "success_rate",
+            "mean_sq_accel",
+            "reach_rate",
+            "mean_sq_jerk",
+            "collision_rate",
+            "velocity_violation_rate",
+        ],
         "full": [
             "data.generate.clean=50",
             "data.generate.corrupt=5000",
@@ -93,7 +100,15 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         ],
     },
 }
-PERCENT = {"success_rate", "collision_rate", "success", "motion", "logic"}
+PERCENT = {
+    "success_rate",
+    "collision_rate",
+    "success",
+    "motion",
+    "logic",
+    "reach_rate",
+    "velocity_violation_rate",
+}
 
 
 def _train_one(cfg_json: dict[str, Any], uri: str, parent: str, tags: dict[str, str]) -> dict:
@@ -118,7 +133,7 @@ def _fmt(values: list[float], key: str) -> str:
 def _figure(bench: str, rows: list[Row], metrics: list[str], per_row: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    shown = metrics[:2]
+    shown = metrics[:3]
     fig = Figure(figsize=(5 * len(shown), 4))
     for i, key in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)

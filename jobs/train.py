@@ -8,6 +8,7 @@ and final evaluation metrics, a rollout plot, the sampler plot, config and check
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 import yaml
 
-from ambient_core.data import ChunkDataset, ChunkSpec, Frames
+from ambient_core.classifier import derive_sigma_min
+from ambient_core.data import ChunkDataset, ChunkSpec, DataError, Frames
 from ambient_core.envs.registry import EvalResult, Task, get_task
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicyRunner, PolicySpec
 from ambient_core.sampler import Buffer, LinearRamp, NoiseFirstSampler
@@ -37,7 +39,7 @@ from ambient_core.train import (
 )
 from jobs.datasets import META_FILE, read_frames
 from jobs.generate import generate
-from orchestrator.config import RunConfig, flatten, load_run_config
+from orchestrator.config import AnnotationRef, RunConfig, flatten, load_run_config
 from orchestrator.settings import ambient_home, configure_environment, resolve_location
 from orchestrator.storage import StorageRoot
 from orchestrator.tracking import RunTracker, resolve_tracking_uri
@@ -103,6 +105,7 @@ def prepare(cfg: RunConfig) -> PreparedRun:
                 "uri": root.uri,
                 "digest": meta["digest"],
                 "episodes": len(f.episode_bounds),
+                "meta_name": str(meta.get("name") or f.name),
             }
         )
         thresholds.append((ref.sigma_min, ref.sigma_max) if kind == "corrupt" else (0.0, 0.0))
@@ -111,15 +114,21 @@ def prepare(cfg: RunConfig) -> PreparedRun:
     data = ChunkDataset(frames, spec_c, task.obs_keys)
     n_clean = 0
     sm_parts, sx_parts = [], []
-    for (kind, _), (lo, hi), (sm, sx), d in zip(
+    for (kind, ref), (lo, hi), (sm, sx), d in zip(
         groups, data.dataset_chunk_ranges, thresholds, info, strict=True
     ):
         d["chunks"] = hi - lo
         if kind == "clean":
             n_clean += hi - lo
+            continue
+        if ref.annotation is not None:
+            per_chunk, d["annotation"] = annotated_sigma_min(
+                ref.annotation, d["meta_name"], data, (lo, hi), cfg.train.seed
+            )
+            sm_parts.append(per_chunk)
         else:
             sm_parts.append(np.full(hi - lo, sm))
-            sx_parts.append(np.full(hi - lo, sx))
+        sx_parts.append(np.full(hi - lo, sx))
     m = cfg.mixing
     soft = None
     if m.pool == "soft":
@@ -166,6 +175,62 @@ def prepare(cfg: RunConfig) -> PreparedRun:
         device=t.device,
     )
     return PreparedRun(task, make_state(policy, sampler, tc), data, info)
+
+
+def annotated_sigma_min(
+    ann: AnnotationRef, dataset: str, data: ChunkDataset, chunks: tuple[int, int], seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-chunk sigma_min of chunks [lo, hi) from an annotation's score curves (no classifier).
+
+    A chunk is matched to the annotated row of its current frame (start + T_o - 1).
+    """
+    from jobs.annotate import MANIFEST_DIR, curve_column, latest_manifest, read_curves
+
+    root = StorageRoot(resolve_location(ann.path))
+    if ann.version is None:
+        version, manifest = latest_manifest(root)
+        if manifest is None:
+            raise DataError(f"{root.uri} has no committed annotation manifest")
+    else:
+        version, manifest = ann.version, root.read_json(f"{MANIFEST_DIR}/v{ann.version}.json")
+    name = ann.dataset or dataset
+    table = read_curves(root, manifest, name, ann.epoch)
+    key = (
+        table.column("episode_index").to_numpy() * (1 << 32)
+        + table.column("frame_index").to_numpy()
+    )
+    order = np.argsort(key)
+    lo, hi = chunks
+    want = data.chunk_episode[lo:hi] * (1 << 32) + data.chunk_frame[lo:hi] + data.spec.pad_before
+    pos = np.clip(np.searchsorted(key[order], want), 0, len(key) - 1)
+    found = key[order][pos] == want
+    if not found.all():
+        i = int(np.flatnonzero(~found)[0])
+        raise DataError(
+            f"annotation {root.uri} v{version} lacks dataset {name!r} episode "
+            f"{int(data.chunk_episode[lo + i])} frame {int(want[i] % (1 << 32))} "
+            f"({int((~found).sum())} chunks missing; skipped shards?)"
+        )
+    col = table.column(curve_column(ann.epoch)).combine_chunks()
+    curves = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+    sm = derive_sigma_min(
+        curves[order[pos]],
+        np.asarray(manifest["grid_sigmas"]),
+        ann.tau,
+        ann.granularity,
+        groups=data.chunk_episode[lo:hi],
+        n_buckets=ann.n_buckets,
+        bucket_mode=ann.bucket_mode,
+        smoothing=ann.smoothing,
+        seed=seed,
+    )
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    info = {
+        "uri": f"{root.uri}/{MANIFEST_DIR}/v{version}.json",
+        "digest": digest,
+        "mean_sigma_min": float(sm.mean()),
+    }
+    return sm, info
 
 
 def evaluate_policy(
@@ -288,6 +353,11 @@ def run_training(
             tracker.log_params(flatten(cfg))
             for d in run.datasets:
                 tracker.log_dataset(d["name"], d["digest"], d["uri"], d["kind"])
+                if "annotation" in d:
+                    a = d["annotation"]
+                    tracker.log_dataset(
+                        f"{d['name']}-annotation", a["digest"], a["uri"], "annotation"
+                    )
             tracker.set_tags(
                 {
                     "chunks_clean": run.state.sampler.n_clean,

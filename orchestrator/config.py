@@ -24,6 +24,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AnnotationRef(_Strict):
+    """Per-chunk sigma_min from a committed annotation (score curves), derived at load time.
+
+    Sweeping tau, epoch, granularity or buckets re-derives thresholds without the classifier.
+    """
+
+    path: str
+    version: int | None = Field(None, ge=1)
+    epoch: int = Field(..., ge=0)
+    tau: float = Field(0.45, gt=0.0, lt=1.0)
+    granularity: Literal["chunk", "episode", "bucket", "dataset"] = "chunk"
+    n_buckets: int | None = Field(None, ge=1)
+    bucket_mode: Literal["random", "score"] = "random"
+    smoothing: float | None = Field(None, ge=1.0)
+    dataset: str | None = None
+
+    @model_validator(mode="after")
+    def _buckets(self) -> AnnotationRef:
+        if self.granularity == "bucket" and self.n_buckets is None:
+            raise ValueError("granularity 'bucket' needs n_buckets")
+        return self
+
+
 class DatasetRef(_Strict):
     """A dataset directory or s3:// prefix (shards + meta.json), with its thresholds.
 
@@ -36,6 +59,13 @@ class DatasetRef(_Strict):
     sigma_min: float = Field(0.0, ge=0.0, le=1.0)
     sigma_max: float = Field(0.0, ge=0.0, le=1.0)
     max_episodes: int | None = Field(None, ge=1)
+    annotation: AnnotationRef | None = None
+
+    @model_validator(mode="after")
+    def _one_source_of_sigma_min(self) -> DatasetRef:
+        if self.annotation is not None and self.sigma_min > 0:
+            raise ValueError("give either sigma_min or annotation, not both")
+        return self
 
 
 class GenerateConfig(_Strict):

@@ -415,6 +415,7 @@ class MazeMetrics:
     """
 
     success_rate: float
+    reach_rate: float  # reached the goal without collision, velocity limit not checked
     collision_rate: float
     velocity_violation_rate: float
     mean_sq_accel: float
@@ -432,6 +433,7 @@ class MazeMetrics:
         """Plain-float scalars for logging (MLflow metrics, JSON)."""
         keys = (
             "success_rate",
+            "reach_rate",
             "collision_rate",
             "velocity_violation_rate",
             "mean_sq_accel",
@@ -505,6 +507,7 @@ def evaluate(
     lengths = [float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum()) for p in good]
     return MazeMetrics(
         success_rate=float(success.mean()) if b else float("nan"),
+        reach_rate=float((reached & ~collided).mean()) if b else float("nan"),
         collision_rate=float(collided.mean()) if b else float("nan"),
         velocity_violation_rate=float(vel_bad.mean()) if b else float("nan"),
         mean_sq_accel=mean_sq_accel(good, env.dt),
