@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ambient_core._io import atomic_directory
 from ambient_core.data import ChunkDataset
 from ambient_core.networks import ConditionalResidualBlock1D, SinusoidalPosEmb
 from ambient_core.noise import add_noise, fixed_noise
@@ -558,10 +557,7 @@ def save_classifier(
     training did. ``extra`` is JSON metadata (epoch, metrics, training config, data digests).
     """
     spec = spec or model.spec
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_directory(path) as tmp:
         payload = {
             "model": model.state_dict(),
             "normalizer": None if normalizer is None else normalizer.state_dict(),
@@ -573,18 +569,7 @@ def save_classifier(
             "extra": extra or {},
         }
         (tmp / CLASSIFIER_META).write_text(json.dumps(meta, indent=2, default=str))
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return Path(path)
 
 
 def read_classifier_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ambient_core._io import atomic_directory
 from ambient_core.data import ChunkDataset
 from ambient_core.losses import training_pair
 from ambient_core.noise import fixed_noise
@@ -238,10 +237,7 @@ def save_checkpoint(
 
     ``extra`` is JSON metadata (e.g. the resolved run config) stored next to the weights.
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_directory(path) as tmp:
         payload = {
             "policy": state.policy.state_dict(),
             "ema": state.ema.state_dict() if state.ema is not None else None,
@@ -259,18 +255,7 @@ def save_checkpoint(
             "extra": extra,
         }
         (tmp / SPEC_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return Path(path)
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

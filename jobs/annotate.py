@@ -344,6 +344,9 @@ def annotate(
         nonlocal rows_done
         if readable:
             ray = ensure_ray(ray_address)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = verbose
             by_path = {}
             paths = []
             for inp in readable:
@@ -356,12 +359,8 @@ def annotate(
             if len(roots) > 1:
                 raise ValueError("annotate local and s3:// datasets in separate runs")
             ds = ray.data.read_parquet(
-                paths,
-                filesystem=fs,
-                columns=columns,
-                include_paths=True,
-                override_num_blocks=len(paths),
-            )
+                paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths)
+            ).select_columns([*columns, "path"])
             ds = ds.map_batches(
                 CurveAnnotator,
                 fn_constructor_kwargs={"settings": vars(settings), "obs_keys": list(obs_keys)},

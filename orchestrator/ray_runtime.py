@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 from orchestrator.settings import ambient_home, configure_environment
+
+MAX_TMP_LEN = 40
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
@@ -25,6 +28,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
         ray.init(address=address, **kwargs)
     else:
         tmp = os.environ.get("RAY_TMPDIR") or str(ambient_home() / "ray")
+        if len(tmp) > MAX_TMP_LEN:
+            # Ray's unix sockets live ~60 characters below this and AF_UNIX paths stop at 107.
+            tmp = os.path.join(tempfile.gettempdir(), f"ambient-ray-{os.getuid()}")
         os.makedirs(tmp, exist_ok=True)
         ray.init(num_cpus=num_cpus, _temp_dir=tmp, **kwargs)
     return ray

@@ -91,3 +91,18 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server: str) -> Iterator[object]:
+    """One local Ray instance (2 CPUs, loopback) per test session.
+
+    Started after the S3 server so its workers inherit the endpoint and dummy credentials.
+    """
+    from orchestrator.ray_runtime import ensure_ray
+
+    ray = ensure_ray(num_cpus=2)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

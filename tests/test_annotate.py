@@ -1,0 +1,199 @@
+"""Annotation on Ray Data: manifests, re-runs, bad shards, kill -9 resume, S3, use in training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from ambient_core.data import DataError
+from ambient_core.envs import maze
+from jobs.annotate import annotate, latest_manifest
+from jobs.datasets import write_dataset
+from jobs.train import prepare
+from jobs.train_classifier import run_classifier_training
+from orchestrator.config import load_run_config
+from orchestrator.storage import StorageRoot
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = [0, 10, 30, 60, 99]
+
+
+@pytest.fixture(scope="module")
+def maze_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Small maze datasets, the corrupt one in 4 shards, and a tiny 1-epoch classifier."""
+    d = tmp_path_factory.mktemp("ann")
+    clean, corrupt = maze.generate(maze.MazeEnv(), 8, 24, seed=0, clean_method="builtin")
+    write_dataset(StorageRoot(str(d / "clean")), clean, "clean", "maze")
+    write_dataset(StorageRoot(str(d / "corrupt")), corrupt, "corrupt", "maze", shard_episodes=6)
+    res = run_classifier_training(
+        [str(d / "clean")],
+        [str(d / "corrupt")],
+        out=str(d / "clf"),
+        channels=(8, 16),
+        epochs=1,
+        steps_per_epoch=30,
+        batch_size=32,
+        track=False,
+    )
+    return {"dir": str(d), "clf": res["dir"]}
+
+
+def _rows(root: StorageRoot, manifest: dict) -> tuple[int, int]:
+    fs, base = root.arrow_filesystem()
+    keys = set()
+    n = 0
+    for e in manifest["shards"]:
+        t = pq.read_table(f"{base}/{e['output_key']}", filesystem=fs)
+        n += t.num_rows
+        ep, fr = t.column("episode_index").to_numpy(), t.column("frame_index").to_numpy()
+        keys |= {(e["dataset"], int(a), int(b)) for a, b in zip(ep, fr, strict=True)}
+        curves = np.stack(t.column("curve_e1").to_numpy(zero_copy_only=False))
+        assert curves.shape[1] == len(GRID) and (curves >= 0).all() and (curves <= 1).all()
+    return n, len(keys)
+
+
+def test_annotate_commits_manifest_and_reruns_are_incremental(
+    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = str(tmp_path / "ann")
+    data = [f"{maze_data['dir']}/corrupt", f"{maze_data['dir']}/clean"]
+    res = annotate(
+        data, maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, tracking_uri=uri
+    )
+    meta_rows = sum(pq.read_metadata(p).num_rows for p in Path(maze_data["dir"]).rglob("shard-*"))
+    assert res["version"] == 1 and res["shards_total"] == 5 and res["shards_annotated"] == 5
+    root = StorageRoot(out)
+    v, manifest = latest_manifest(root)
+    assert v == 1 and manifest is not None
+    n, unique = _rows(root, manifest)
+    assert n == unique == meta_rows == res["rows_annotated"]  # every row once
+    assert not root.list("done/")  # markers are removed once the manifest is committed
+    run = MlflowClient(uri).get_run(MlflowClient(uri).search_runs(["1"])[0].info.run_id)
+    assert run.data.metrics["rows_annotated"] == meta_rows and run.data.metrics["rows_per_s"] > 0
+    assert len(run.inputs.dataset_inputs) == 3  # manifest + 2 datasets
+    again = annotate(
+        data, maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, track=False
+    )
+    assert again["version"] == 2 and again["shards_annotated"] == 0
+    with pytest.raises(ValueError, match="other settings"):
+        annotate(data, maze_data["clf"], [1], out=out, grid_levels=[0, 99], track=False)
+
+
+def test_bad_shard_is_named_or_skipped(
+    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+) -> None:
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(f"{maze_data['dir']}/corrupt", bad)
+    (bad / "data" / "shard-00002.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"shard-00002.parquet is not readable Parquet"):
+        annotate(
+            [str(bad)],
+            maze_data["clf"],
+            [1],
+            out=str(tmp_path / "a"),
+            grid_levels=GRID,
+            track=False,
+        )
+    res = annotate(
+        [str(bad)],
+        maze_data["clf"],
+        [1],
+        out=str(tmp_path / "a"),
+        grid_levels=GRID,
+        skip_bad_shards=True,
+        track=False,
+    )
+    assert res["shards_skipped"] == 1 and res["shards_annotated"] == 3
+    _, manifest = latest_manifest(StorageRoot(str(tmp_path / "a")))
+    assert manifest["skipped"][0]["input_key"] == "data/shard-00002.parquet"
+
+
+def test_kill_dash_nine_then_rerun_annotates_each_row_once(
+    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+) -> None:
+    out = tmp_path / "ann"
+    code = (
+        "import sys; from jobs.annotate import annotate; "
+        f"annotate([{maze_data['dir']!r} + '/corrupt'], {maze_data['clf']!r}, [1], "
+        f"out={str(out)!r}, grid_levels={GRID!r}, num_draws=2, track=False)"
+    )
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-k9-")}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and not list((out / "done").rglob("*.json")):
+            assert proc.poll() is None or proc.returncode == 0, "annotation child died"
+            time.sleep(0.2)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the driver and its Ray processes
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    root = StorageRoot(str(out))
+    markers = root.list("done/")
+    committed, _ = latest_manifest(root)
+    assert markers or committed  # it got somewhere before dying
+    res = annotate(
+        [f"{maze_data['dir']}/corrupt"],
+        maze_data["clf"],
+        [1],
+        out=str(out),
+        grid_levels=GRID,
+        num_draws=2,
+        track=False,
+        ray_address=None,
+    )
+    v, manifest = latest_manifest(root)
+    n, unique = _rows(root, manifest)
+    meta = json.loads(Path(maze_data["dir"], "corrupt", "meta.json").read_text())
+    assert n == unique == meta["frames"]
+    if committed == 0:
+        assert res["shards_resumed"] == len(markers) and res["shards_resumed"] >= 1
+
+
+def test_annotate_s3_and_train_from_annotation(
+    maze_data: dict[str, str], ray_session: object, s3_bucket: str, tmp_path: Path
+) -> None:
+    src = StorageRoot(f"s3://{s3_bucket}/maze/corrupt")
+    clean, corrupt = maze.generate(maze.MazeEnv(), 4, 12, seed=3, clean_method="builtin")
+    write_dataset(src, corrupt, "corrupt", "maze", shard_episodes=6)
+    write_dataset(StorageRoot(f"s3://{s3_bucket}/maze/clean"), clean, "clean", "maze")
+    out = f"s3://{s3_bucket}/annotations/a1"
+    res = annotate(
+        [src.uri], maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, track=False
+    )
+    assert res["shards_annotated"] == 2
+    cfg = load_run_config(
+        ROOT / "sweeps" / "train" / "maze_base.yaml",
+        [
+            f"data.clean.0.path=s3://{s3_bucket}/maze/clean",
+            f"data.corrupt.0.path={src.uri}",
+            "data.generate=null",
+            "policy.down_dims=[16,32]",
+            f"data.corrupt.0.annotation={{path: {out}, epoch: 1, tau: 0.45, "
+            "granularity: episode}",
+        ],
+    )
+    run = prepare(cfg)
+    sm = run.state.sampler.corrupt_sigma_min
+    assert sm.shape == (run.state.sampler.n_corrupt,)
+    assert ((sm >= 0) & (sm <= 1)).all()
+    ep = run.data.chunk_episode[run.data.dataset_chunk_ranges[1][0] :]
+    for e in np.unique(ep):  # episode granularity: one threshold per episode
+        assert len(np.unique(sm[ep == e])) == 1
+    assert run.datasets[1]["annotation"]["uri"].endswith("manifests/v1.json")
