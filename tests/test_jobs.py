@@ -120,3 +120,41 @@ def test_cli_help_generate_and_config_errors(tmp_path: Path) -> None:
     out = runner.invoke(main, ["train", "--config", str(bad)])
     assert out.exit_code == 2
     assert "bad.yaml: policy: Value error, horizon 10 must be divisible" in out.output
+
+
+def test_classifier_cli_keeps_every_epoch_and_logs_per_bucket(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    generate("maze", 4, 8, str(tmp_path / "m"), seed=2, plot=False)
+    out = CliRunner().invoke(
+        main,
+        [
+            "classifier",
+            "train",
+            "--data",
+            str(tmp_path / "m" / "clean"),
+            "--corrupt",
+            str(tmp_path / "m" / "corrupt"),
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "5",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "clf"),
+            "--tracking-uri",
+            uri,
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "clf" / "epoch_1" / "classifier.pt").exists()
+    assert (tmp_path / "clf" / "epoch_2" / "classifier.json").exists()
+    client = MlflowClient(uri)
+    run_id = json.loads(out.output[out.output.index("{") :])["run_id"]
+    hist = client.get_metric_history(run_id, "acc/s0.0-0.1")
+    assert [h.step for h in hist] == [1, 2]
+    assert "accuracy_vs_sigma.png" in {a.path for a in client.list_artifacts(run_id)}
+    bad = CliRunner().invoke(
+        main, ["classifier", "train", "--data", str(tmp_path / "nope"), "--corrupt", "x"]
+    )
+    assert bad.exit_code == 2 and "is not a dataset" in bad.output

@@ -1,0 +1,161 @@
+"""Annotation throughput: the Ray Data pipeline vs a single-process torch loop. Prints JSON.
+
+Both do identical work on the same data: the same classifier checkpoint, grid, draws and scoring
+batch size, whole shards re-chunked per episode, one output shard per input shard. Two dataset
+sizes 10x apart; rows/s and peak RSS (summed over the driver and every Ray worker process,
+sampled every 0.2 s). Goal (issue 4): pipeline >= 0.8x the loop's rows/s, peak memory flat.
+Usage: .venv/bin/python benchmarks/annotate_throughput.py [--small 100] [--actors 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+from ambient_core.envs import maze
+from jobs.annotate import AnnotationSettings, CurveAnnotator, annotate
+from jobs.datasets import read_meta, write_dataset
+from jobs.train_classifier import run_classifier_training
+from orchestrator.storage import StorageRoot
+
+GRID = list(range(0, 100, 10)) + [99]
+
+
+class PeakRss:
+    """Peak of the summed RSS of this process and all its descendants (Ray workers included)."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def loop(data: str, clf: str, threads: int) -> dict[str, float]:
+    """The same work without Ray: one process, shard after shard."""
+    import torch
+
+    torch.set_num_threads(threads)
+    root = StorageRoot(data)
+    settings = AnnotationSettings(clf, [1], GRID, 4, 0)
+    ann = CurveAnnotator(vars(settings), [], threads=threads)
+    rows = 0
+    t0 = time.perf_counter()
+    with PeakRss() as mem:
+        for shard in read_meta(root)["shards"]:
+            t = pq.read_table(str(root.local_path / shard["key"]))
+            t = t.append_column("path", [[shard["key"]] * t.num_rows])
+            out = ann(t)
+            buf = io.BytesIO()
+            pq.write_table(out.drop_columns(["path", "error"]), buf)
+            rows += t.num_rows
+    wall = time.perf_counter() - t0
+    return {"rows": rows, "rows_per_s": round(rows / wall, 1), "peak_rss_mb": mem.peak >> 20}
+
+
+def pipeline(data: str, clf: str, out: str, actors: int) -> dict[str, float]:
+    with PeakRss() as mem:
+        res = annotate(
+            [data],
+            clf,
+            [1],
+            out=out,
+            grid_levels=GRID,
+            num_draws=4,
+            actors=actors,
+            cpus_per_actor=0.5,
+            track=False,
+        )
+    return {
+        "rows": res["rows_annotated"],
+        "rows_per_s": round(res["rows_per_s"], 1),
+        "peak_rss_mb": mem.peak >> 20,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--small", type=int, default=100, help="corrupt episodes, small size")
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the loop")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="ann-bench-"))
+    try:
+        env = maze.MazeEnv()
+        clean, _ = maze.generate(env, 20, 0, seed=0, clean_method="builtin")
+        sizes = {}
+        for n in (a.small, a.small * 10):
+            _, corrupt = maze.generate(env, 1, n, seed=n, clean_method="builtin")
+            write_dataset(
+                StorageRoot(str(work / f"q{n}")), corrupt, "corrupt", "maze", shard_episodes=50
+            )
+            sizes[n] = str(work / f"q{n}")
+        write_dataset(StorageRoot(str(work / "clean")), clean, "clean", "maze")
+        clf = run_classifier_training(
+            [str(work / "clean")],
+            [sizes[a.small]],
+            out=str(work / "clf"),
+            epochs=1,
+            steps_per_epoch=50,
+            track=False,
+        )["dir"]
+        results = []
+        for n, path in sizes.items():
+            lp = loop(path, clf, a.threads)
+            pp = pipeline(path, clf, str(work / f"ann{n}"), a.actors)
+            results.append(
+                {
+                    "episodes": n,
+                    "loop": lp,
+                    "pipeline": pp,
+                    "ratio_rows_per_s": round(pp["rows_per_s"] / lp["rows_per_s"], 3),
+                }
+            )
+        print(
+            json.dumps(
+                {
+                    "grid_levels": len(GRID),
+                    "num_draws": 4,
+                    "epochs": 1,
+                    "loop_threads": a.threads,
+                    "pipeline_actors": a.actors,
+                    "results": results,
+                    "goal_ratio": 0.8,
+                },
+                indent=2,
+            )
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
