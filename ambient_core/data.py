@@ -95,6 +95,23 @@ def _list_column(table: pa.Table, key: str, name: str) -> np.ndarray:
     return arr
 
 
+def episode_bounds(ep: np.ndarray, fr: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) rows of each episode in rows sorted by (episode, frame); frames must be 0..L-1.
+
+    ``label`` starts the error message (which dataset or file the rows came from).
+    """
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    ends = np.r_[starts[1:], ep.size]
+    expected = np.arange(ep.size) - np.repeat(starts, ends - starts)
+    if np.any(fr != expected):
+        row = int(np.flatnonzero(fr != expected)[0])
+        raise DataError(
+            f"{label}: episode {int(ep[row])} has frame_index {int(fr[row])} where "
+            f"{int(expected[row])} was expected (frames must be 0..L-1 without gaps or duplicates)"
+        )
+    return starts, ends
+
+
 @dataclass
 class Frames:
     """Dense per-frame features of one dataset plus episode boundaries."""
@@ -121,15 +138,7 @@ def frames_from_table(table: pa.Table, keys: Sequence[str], name: str = "dataset
     fr = table.column("frame_index").to_numpy().astype(np.int64)
     if ep.size == 0:
         raise DataError(f"dataset {name!r} has no rows")
-    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
-    ends = np.r_[starts[1:], ep.size]
-    expected = np.arange(ep.size) - np.repeat(starts, ends - starts)
-    if np.any(fr != expected):
-        row = int(np.flatnonzero(fr != expected)[0])
-        raise DataError(
-            f"dataset {name!r}: episode {int(ep[row])} has frame_index {int(fr[row])} where "
-            f"{int(expected[row])} was expected (frames must be 0..L-1 without gaps or duplicates)"
-        )
+    starts, ends = episode_bounds(ep, fr, f"dataset {name!r}")
     feats = {k: _list_column(table, k, name) for k in keys}
     return Frames(name, feats, ep[starts], np.stack([starts, ends], axis=1))
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ambient_core.data import INDEX_COLUMNS, DataError
+from ambient_core.data import INDEX_COLUMNS, DataError, episode_bounds
 from ambient_core.envs.base import Episode
 from jobs.datasets import META_FILE, write_dataset
 from orchestrator.storage import StorageRoot, validate_name
@@ -152,16 +152,7 @@ def _split_episodes(
     """Sort rows by (episode, frame), require frames 0..L-1, cut into episodes."""
     order = np.lexsort((fr, ep))
     ep, fr = ep[order], fr[order]
-    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
-    ends = np.r_[starts[1:], ep.size]
-    expected = np.arange(ep.size) - np.repeat(starts, ends - starts)
-    if np.any(fr != expected):
-        row = int(np.flatnonzero(fr != expected)[0])
-        raise DataError(
-            f"{label}: episode {int(ep[row])} has frame_index {int(fr[row])} where "
-            f"{int(expected[row])} was expected (frames must be 0..L-1 without gaps or "
-            "duplicates)"
-        )
+    starts, ends = episode_bounds(ep, fr, label)
     sorted_feats = {k: v[order] for k, v in feats.items()}
     episodes = [
         {k: v[s:e] for k, v in sorted_feats.items()} for s, e in zip(starts, ends, strict=True)
