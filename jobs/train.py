@@ -34,6 +34,7 @@ from ambient_core.train import (
     load_policy,
     make_state,
     read_checkpoint_meta,
+    restore_state,
     save_checkpoint,
     train,
 )
@@ -42,7 +43,7 @@ from jobs.generate import generate
 from orchestrator.config import AnnotationRef, RunConfig, flatten, load_run_config
 from orchestrator.settings import ambient_home, configure_environment, resolve_location
 from orchestrator.storage import StorageRoot
-from orchestrator.tracking import RunTracker, resolve_tracking_uri
+from orchestrator.tracking import RunTracker, _retry, resolve_tracking_uri
 
 
 @dataclass
@@ -255,6 +256,8 @@ class MlflowLogger(Callback):
         self, tracker: RunTracker | None, run: PreparedRun, cfg: RunConfig, report: Any = None
     ) -> None:
         self.tracker, self.run, self.cfg, self.report = tracker, run, cfg, report
+        self.stopped_early = False
+        self.last_round: dict[str, float] = {}
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         if self.tracker is not None:
@@ -271,10 +274,12 @@ class MlflowLogger(Callback):
             self.cfg.eval.seed + 7919,
         )
         metrics = {f"round/{k}": v for k, v in res.metrics.items()}
+        self.last_round = dict(res.metrics)
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, state.step)
-        if self.report is not None:
-            return bool(self.report(state, res.metrics))
+        if self.report is not None and self.report(state, res.metrics):
+            self.stopped_early = True
+            return True
         return False
 
 
@@ -324,16 +329,36 @@ def run_training(
     report: Any = None,
     track: bool = True,
     verbose: bool = False,
+    run_id: str | None = None,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
-    """Train + evaluate one config; returns final metrics, run id and checkpoint path."""
+    """Train + evaluate one config; returns final metrics, run id and checkpoint path.
+
+    ``report(state, metrics)`` is called after every evaluation round but the last; a True
+    return stops training: the final evaluation is skipped and the run ends FINISHED with the
+    tag ``stopped_early=true`` (what a sweep scheduler such as ASHA asks for). ``run_id`` reopens
+    an existing MLflow run (a retried or resumed sweep trial) instead of creating one; params
+    and dataset inputs are logged only if the run has none yet. ``resume_from`` is a checkpoint
+    directory (``save_checkpoint``) to continue from: weights, optimiser, schedule, EMA, sampler
+    RNG, step and round.
+    """
     configure_environment()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
     run = prepare(cfg)
+    if resume_from is not None:
+        restore_state(resume_from, run.state)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)
     tracker = None
-    if track:
+    log_params = True
+    if track and run_id is not None:
+        tracker = RunTracker(uri, run_id)
+        _retry(tracker.client.update_run, run_id, status="RUNNING")
+        log_params = not _retry(tracker.client.get_run, run_id).data.params
+        if tags:
+            tracker.set_tags(tags)
+    elif track:
         tracker = RunTracker.start(
             uri,
             cfg.tracking.experiment,
@@ -349,7 +374,7 @@ def run_training(
     result: dict[str, Any] = {"run_id": tracker.run_id if tracker else None, "dir": str(out_dir)}
 
     def body() -> None:
-        if tracker is not None:
+        if tracker is not None and log_params:
             tracker.log_params(flatten(cfg))
             for d in run.datasets:
                 tracker.log_dataset(d["name"], d["digest"], d["uri"], d["kind"])
@@ -368,7 +393,8 @@ def run_training(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
         plot_sampler(run.state.sampler, out_dir / "sampler.png")
-        callbacks: list[Callback] = [MlflowLogger(tracker, run, cfg, report)]
+        logger = MlflowLogger(tracker, run, cfg, report)
+        callbacks: list[Callback] = [logger]
         if verbose:
             callbacks.append(ProgressPrinter(cfg.name, cfg.train.steps))
         train(run.state, run.data, callbacks)
@@ -376,6 +402,19 @@ def run_training(
         ckpt = save_checkpoint(
             out_dir / "checkpoint", run.state, {"config": cfg.model_dump(mode="json")}
         )
+        if logger.stopped_early:
+            if tracker is not None:
+                tracker.log_metrics({"time/train_s": train_s}, run.state.step)
+                tracker.set_tags({"stopped_early": "true", "stopped_at_round": run.state.round})
+            result.update(
+                metrics=logger.last_round,
+                checkpoint=str(ckpt),
+                steps=run.state.step,
+                history=run.state.history,
+                stopped_early=True,
+                **{"time/train_s": train_s, "time/eval_s": 0.0},
+            )
+            return
         t1 = time.perf_counter()
         res = evaluate_policy(run.task, run.state.eval_policy, cfg, cfg.eval.episodes)
         eval_s = time.perf_counter() - t1

@@ -1,0 +1,456 @@
+"""Sweeps: spec validation, space compilation, constraints, a smoke sweep end to end on Ray Tune
+with MLflow parent/child runs, and resume after kill -9 of the driver."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.config import ConfigError
+from orchestrator.sweep_config import Constraint, OptunaSpace, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "sweeps"
+SPECS = sorted(SWEEPS.glob("*.yaml"))
+BASE = "train/bin_sorting_ambient.yaml"
+
+
+def _spec(tmp_path: Path, body: dict[str, Any], name: str = "s.yaml") -> Path:
+    """A spec next to a copy of sweeps/train so relative base_config paths resolve."""
+    train = tmp_path / "train"
+    if not train.exists():
+        train.mkdir()
+        for f in (SWEEPS / "train").glob("*.yaml"):
+            (train / f.name).write_text(f.read_text())
+    body = {"base_config": BASE, **body}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_shipped_specs_validate(path: Path) -> None:
+    s = load_sweep(path)
+    assert s.trial_count() >= 2
+    assert s.base["train"]["threads"] == 1  # one torch thread per 1-CPU trial
+    assert s.max_t == s.rounds
+
+
+def test_bad_field_names_name_file_and_dotted_path(tmp_path: Path) -> None:
+    p = _spec(tmp_path, {"space": {"train.lr": {"grid": [1e-3]}}, "scheduler": {"grace": 1}})
+    with pytest.raises(ConfigError, match=r"s.yaml: scheduler.grace: Extra inputs"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"train.lr": {"gird": [1e-3]}}})
+    with pytest.raises(ConfigError, match=r"s.yaml: space.train.lr.gird: Extra inputs"):
+        load_sweep(p)
+    p = _spec(
+        tmp_path,
+        {"space": {"train.lr": {"uniform": [1e-2, 1e-3]}}, "searcher": {"kind": "random"}},
+    )
+    with pytest.raises(ConfigError, match=r"space.train.lr: .*lower bound"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"train.lr": {"uniform": [1e-4, 1e-3]}}})
+    with pytest.raises(ConfigError, match=r"searcher grid enumerates finite values only"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"train.lr": {"grid": [1e-3]}}, "run": {"task": "maze"}})
+    with pytest.raises(ConfigError, match=r"exactly one of base_config"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"train.lr": {"grid": [1e-3]}}, "overrides": ["train.x=1"]})
+    with pytest.raises(
+        ConfigError,
+        match=r"bin_sorting_ambient.yaml \+ overrides of .*s.yaml: "
+        r"train.x: Extra inputs",
+    ):
+        load_sweep(p)
+
+
+def test_space_and_constraint_paths_must_exist_and_values_validate(tmp_path: Path) -> None:
+    p = _spec(tmp_path, {"space": {"train.lrr": {"grid": [1e-3]}}})
+    with pytest.raises(
+        ConfigError,
+        match=r"s.yaml: space.train.lrr: not a path of the base run "
+        r"config \(train.lrr does not exist\)",
+    ):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"data.corrupt.3.sigma_max": {"grid": [0.1]}}})
+    with pytest.raises(ConfigError, match=r"space.data.corrupt.3.sigma_max: .*not an index"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"data.corrupt.0.annotation.tau": {"grid": [0.4]}}})
+    with pytest.raises(ConfigError, match=r"data.corrupt.0.annotation is null"):
+        load_sweep(p)
+    p = _spec(tmp_path, {"space": {"data.corrupt.0.sigma_max": {"grid": [0.2, 1.5]}}})
+    with pytest.raises(ConfigError, match=r"space.data.corrupt.0.sigma_max: value 1.5 is invalid"):
+        load_sweep(p)
+    ok = {"space": {"train.lr": {"grid": [1e-3]}}}
+    for bad, msg in [
+        ("train.lr <", r"constraints.0: cannot parse"),
+        ("__import__('os').system('true') < 1", r"constraints.0: .*neither a number nor"),
+        ("1 < 2", r"compares two numbers"),
+        ("train.nope < 1", r"constraints.0: train.nope is not a path"),
+    ]:
+        p = _spec(tmp_path, {**ok, "constraints": [bad]})
+        with pytest.raises(ConfigError, match=msg):
+            load_sweep(p)
+    p = _spec(tmp_path, {**ok, "metric": "accuracy"})
+    with pytest.raises(ConfigError, match=r"metric: 'accuracy' is not reported by task"):
+        load_sweep(p)
+    p = _spec(tmp_path, {**ok, "scheduler": {"max_t": 7}})
+    with pytest.raises(ConfigError, match=r"scheduler.max_t: .*train.rounds = 1"):
+        load_sweep(p)
+    p = _spec(tmp_path, {**ok, "constraints": ["train.lr > 1"]})
+    with pytest.raises(ConfigError, match=r"no grid point satisfies"):
+        load_sweep(p)
+
+
+def test_constraints_evaluate_safely() -> None:
+    c = Constraint.parse("data.corrupt.0.sigma_max < data.corrupt.0.sigma_min")
+    cfg = {"data": {"corrupt": [{"sigma_max": 0.4, "sigma_min": 1.0}]}}
+    assert c.holds(cfg)
+    cfg["data"]["corrupt"][0]["sigma_max"] = 1.0
+    assert not c.holds(cfg)
+    assert Constraint.parse("mixing.alpha >= 0.5").holds({"mixing": {"alpha": 0.5}})
+    assert not Constraint.parse("mixing.alpha >= 0.5").holds({"mixing": {"alpha": None}})
+    assert Constraint.parse("0.1!=mixing.alpha").holds({"mixing": {"alpha": 0.2}})
+
+
+# ------------------------------------------------------------------------------ compilation
+
+
+def test_grid_and_random_points_with_constraints(tmp_path: Path) -> None:
+    s = load_sweep(SWEEPS / "smoke.yaml")
+    pts, rejected = s.points()
+    assert [(p["train.lr"], p["data.corrupt.0.sigma_max"]) for p in pts] == [
+        (3e-3, 0.1824),
+        (3e-3, 0.4616),
+        (1e-6, 0.1824),
+        (1e-6, 0.4616),
+    ]
+    assert len(rejected) == 2 and "sigma_max < 0.5" in rejected[0][1]
+    body = {
+        "searcher": {"kind": "random", "seed": 3},
+        "num_samples": 40,
+        "space": {
+            "mixing.alpha": {"uniform": [0.1, 0.9]},
+            "train.lr": {"loguniform": [1e-5, 1e-2]},
+            "policy.kernel_size": {"randint": [3, 6]},
+            "mixing.pool": {"choice": ["proportional", "fixed"]},
+            "train.batch_size": {"grid": [16, 32]},
+        },
+        "constraints": ["mixing.alpha < 0.5", "train.lr >= 0.0001"],
+    }
+    s = load_sweep(_spec(tmp_path, body))
+    pts, rejected = s.points()
+    assert len(pts) == 80  # num_samples draws x the grid entries (Tune's semantics)
+    assert sorted({p["train.batch_size"] for p in pts}) == [16, 32]
+    assert all(0.1 <= p["mixing.alpha"] < 0.5 for p in pts)  # resampled, never run
+    assert all(1e-4 <= p["train.lr"] <= 1e-2 for p in pts)
+    assert {p["policy.kernel_size"] for p in pts} == {3, 4, 5}  # [lo, hi)
+    assert {p["mixing.pool"] for p in pts} == {"proportional", "fixed"}
+    assert rejected and all("does not hold" in r for _, r in rejected)
+    assert s.points()[0] == pts  # seeded: same points every time
+    cfg = s.trial_config(pts[0], seed=7)
+    assert cfg.train.seed == 7 and cfg.train.batch_size == pts[0]["train.batch_size"]
+    assert s.trial_count() == 80
+
+
+def test_optuna_define_by_run_space(tmp_path: Path) -> None:
+    import optuna
+
+    body = {
+        "searcher": {"kind": "optuna"},
+        "num_samples": 5,
+        "space": {
+            "mixing.alpha": {"uniform": [0.1, 0.9]},
+            "train.lr": {"loguniform": [1e-5, 1e-2]},
+            "policy.kernel_size": {"randint": [3, 6]},
+            "policy.down_dims": {"choice": [[16, 32], [32, 64]]},
+            "train.batch_size": {"grid": [16, 32]},
+        },
+    }
+    s = load_sweep(_spec(tmp_path, body))
+    space = OptunaSpace(s.spec.space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        t = study.ask()
+        space(t)
+        params = space.decode(t.params)
+        assert 0.1 <= params["mixing.alpha"] <= 0.9
+        assert params["policy.kernel_size"] in (3, 4, 5)
+        assert params["policy.down_dims"] in ([16, 32], [32, 64])
+        assert s.violation(params) is None
+        study.tell(t, 0.0)
+    d = study.trials[0].distributions
+    assert d["train.lr"].log and isinstance(
+        d["policy.kernel_size"], optuna.distributions.IntDistribution
+    )
+    assert d["policy.kernel_size"].high == 5
+    assert d["train.batch_size"].choices == (16, 32)
+
+
+class _FakeInner:
+    """Stands in for OptunaSearch: suggests queued configs, records what it is told."""
+
+    metric, mode = "success", "max"
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        self.configs, self.told = list(configs), []
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return self.configs.pop(0)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self.told.append((trial_id, result, error))
+
+
+def test_searcher_rejects_violations_and_repeats_each_config_per_seed(tmp_path: Path) -> None:
+    from jobs.sweep import PARAM_SPACE_KEY, SweepSearcher
+
+    body = {
+        "searcher": {"kind": "optuna"},
+        "space": {"data.corrupt.0.sigma_max": {"uniform": [0.0, 1.0]}},
+        "constraints": ["data.corrupt.0.sigma_max < data.corrupt.0.sigma_min"],
+        "metric": "success",
+        "seeds": [0, 1],
+    }
+    s = load_sweep(_spec(tmp_path, {**body, "overrides": ["data.corrupt.0.sigma_min=0.5"]}))
+    inner = _FakeInner(
+        [
+            {"data.corrupt.0.sigma_max": 0.7},
+            {"data.corrupt.0.sigma_max": 0.2},
+            {"data.corrupt.0.sigma_max": 0.3},
+        ]
+    )
+    srch = SweepSearcher(inner, s, OptunaSpace(s.spec.space))
+    a = srch.suggest("t1")[PARAM_SPACE_KEY]
+    assert a == {"data.corrupt.0.sigma_max": 0.2, "seed": 0}
+    assert inner.told == [("t1", None, True)]  # 0.7 violated: told as failed, never run
+    assert "does not hold" in srch.rejected[0]["reason"]
+    b = srch.suggest("t2")[PARAM_SPACE_KEY]
+    assert b == {"data.corrupt.0.sigma_max": 0.2, "seed": 1}  # same config, next seed
+    c = srch.suggest("t3")[PARAM_SPACE_KEY]
+    assert c == {"data.corrupt.0.sigma_max": 0.3, "seed": 0}
+    srch.on_trial_complete("t1", {"success": 0.2})
+    assert len(inner.told) == 1  # waits for every seed
+    srch.on_trial_complete("t2", {"success": 0.4})
+    assert inner.told[-1][0] == "t1~1" and inner.told[-1][1]["success"] == pytest.approx(0.3)
+    state = srch.get_state()
+    srch2 = SweepSearcher(_FakeInner([]), s, OptunaSpace(s.spec.space))
+    srch2.set_state(state)
+    assert srch2.trial_group["t3"] == "t3" and srch2.groups["t1~1"]["told"]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _children(uri: str, parent: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, max_results=1000)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+@pytest.mark.timeout(240)
+def test_smoke_sweep_end_to_end(ray_session: object, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from jobs.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = str(tmp_path / "sweeps")
+    res = run_sweep(SWEEPS / "smoke.yaml", tracking_uri=uri, storage_path=storage, verbose=0)
+    client = MlflowClient(uri)
+    parent = client.get_run(res["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["searcher"] == "grid" and parent.data.params["trials"] == "4"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/results.csv", "results/best_config.yaml", "results/plots"} <= arts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "results/plots")}
+    assert "results/plots/train_loss_vs_train.lr.png" in plots
+    spec_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "spec")}
+    assert {"spec/sweep.yaml", "spec/searcher.json", "spec/base_run_config.yaml"} <= spec_arts
+    assert parent.data.metrics["trials/total"] == 4
+
+    children = _children(uri, parent.info.run_id)
+    assert len(children) == 4
+    assert len({c.data.tags["ray_trial_id"] for c in children}) == 4
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert c.data.params["train.threads"] == "1"
+        assert c.data.params["data.clean.0.path"] == "data/bin_sorting_smoke/clean"
+        assert c.data.tags["attempt"] == "1"  # params logged once, never re-opened
+        rounds = client.get_metric_history(c.info.run_id, "round/success")
+        assert [h.step for h in rounds] == sorted({h.step for h in rounds}) and rounds
+    by_lr: dict[str, list[Any]] = {}
+    for c in children:
+        by_lr.setdefault(c.data.params["train.lr"], []).append(c)
+    slow = by_lr["1e-06"]  # they start after the fast ones, lose at round 1, ASHA stops them
+    assert all(c.data.tags.get("stopped_early") == "true" for c in slow)
+    assert all("eval/success" not in c.data.metrics for c in slow)
+    done = [c for c in children if c.data.tags.get("stopped_early") != "true"]
+    assert done and all("eval/success" in c.data.metrics for c in done)
+    assert [h.step for h in client.get_metric_history(done[0].info.run_id, "round/success")] == [
+        10,
+        20,
+    ]
+    assert res["counts"]["finished"] == len(done)
+    assert res["counts"]["stopped_early"] == 4 - len(done)
+    summary = Path(storage) / "smoke" / "summary"
+    rows = (summary / "results.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial_id,status,outcome,train.lr")
+    best = yaml.safe_load((summary / "best_config.yaml").read_text())
+    assert best["train"]["lr"] == 3e-3 and best["task"] == "bin_sorting"
+
+    runner = CliRunner()
+    args = ["--storage-path", storage]
+    out = runner.invoke(main, ["sweep", "best", str(SWEEPS / "smoke.yaml"), *args])
+    assert out.exit_code == 0, out.output
+    assert "train_loss" in out.output and "lr: 0.003" in out.output
+    out = runner.invoke(main, ["sweep", "status", str(SWEEPS / "smoke.yaml"), *args])
+    assert out.exit_code == 0, out.output
+    assert "FINISHED" in out.output and "stopped_early" in out.output
+    assert out.output.count("TERMINATED") == 4
+    out = runner.invoke(main, ["sweep", "run", str(SWEEPS / "smoke.yaml"), *args])
+    assert out.exit_code == 2 and "already exists" in out.output and "resume" in out.output
+
+
+def _kill_group(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """kill -9 the driver's process group, then any Ray process of its private temp dir that
+    left the group (Ray daemons start their own sessions)."""
+    import psutil
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(ray_tmp in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.mark.timeout(300)
+def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
+    ray_session: object, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from jobs.sweep import run_sweep
+    from orchestrator.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = str(tmp_path / "sweeps")
+    spec = str(SWEEPS / "smoke.yaml")
+    # No early stopping (every trial must finish), trials long enough to be caught mid-way.
+    overrides = ["scheduler.kind=none", "name=smoke-k9"]
+    overrides += [
+        "overrides="
+        + json.dumps(
+            yaml.safe_load((SWEEPS / "smoke.yaml").read_text())["overrides"]
+            + ["train.steps=240", "train.log_every=40"]
+        )
+    ]
+    ensure_experiment(uri, "sweep-smoke")  # the store exists before two processes open it
+    ray_tmp = tempfile.mkdtemp(prefix="rk9-", dir="/tmp")
+    code = (
+        "from jobs.sweep import run_sweep; "
+        f"run_sweep({spec!r}, {overrides!r}, tracking_uri={uri!r}, storage_path={storage!r}, "
+        "verbose=0)"
+    )
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = MlflowClient(uri)
+    deadline = time.time() + 200
+    exp_dir = Path(storage) / "smoke-k9"
+    before: dict[str, str] = {}
+    mid: set[str] = set()  # runs of trials with a persisted mid-training checkpoint
+    try:
+        while time.time() < deadline and not before:
+            assert proc.poll() is None, "the sweep driver exited before it could be killed"
+            time.sleep(0.25)
+            ckpts = {}
+            for meta in exp_dir.glob("trial_*/checkpoint_*/trial.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    m = json.loads(meta.read_text())
+                    ckpts[m["run_id"]] = m["done"]
+            parents = [
+                r
+                for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                if r.data.tags.get("kind") == "sweep"
+            ]
+            if not parents:
+                continue
+            parent_id = parents[0].info.run_id
+            kids = _children(uri, parent_id)
+            status = {k.info.run_id: k.info.status for k in kids}
+            running_mid = {
+                r for r, done in ckpts.items() if not done and status.get(r) == "RUNNING"
+            }
+            if "FINISHED" in status.values() and running_mid:
+                before, mid = status, running_mid
+        assert before, "no trial finished while another had checkpointed (timeout)"
+    finally:
+        _kill_group(proc, ray_tmp)
+    # What the dead driver left behind (a trial may have ended between the last poll and -9).
+    before = {k.info.run_id: k.info.status for k in _children(uri, parent_id)}
+    mid = {r for r in mid if before[r] == "RUNNING"}
+    assert "FINISHED" in before.values() and "RUNNING" in before.values()
+    assert client.get_run(parent_id).info.status == "RUNNING"  # the dead driver's parent
+
+    res = run_sweep(
+        spec, overrides, resume=True, tracking_uri=uri, storage_path=storage, verbose=0
+    )
+    assert res["parent_run_id"] == parent_id
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["resumes"] == "1"
+    assert res["counts"] == {"finished": 4}
+    kids = _children(uri, parent_id)
+    assert len(kids) == 4 and len({k.data.tags["ray_trial_id"] for k in kids}) == 4
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert set(before) <= {k.info.run_id for k in kids}  # no run duplicated or replaced
+    for k in kids:
+        status = before.get(k.info.run_id)
+        evals = client.get_metric_history(k.info.run_id, "eval/success")
+        assert len(evals) == 1  # final evaluation exactly once
+        if status == "FINISHED":
+            assert k.data.tags["attempt"] == "1"  # finished before the kill: not rerun
+        elif status == "RUNNING":
+            assert k.data.tags["attempt"] == "2"  # reopened by its trial, same run id
+        if k.info.run_id in mid:
+            assert int(k.data.tags["resumed_from_round"]) >= 1
+            steps = [h.step for h in client.get_metric_history(k.info.run_id, "loss")]
+            assert len(steps) == len(set(steps))  # continued from its checkpoint, not step 0
+    rows = [r for r in res["trials"] if r["final"]]
+    assert len(rows) == 4 and all(math.isfinite(r["train_loss"]) for r in rows)
+    assert np.isfinite(res["best"]["mean"])
