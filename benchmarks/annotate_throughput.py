@@ -27,6 +27,7 @@ from ambient_core.envs import maze
 from jobs.annotate import AnnotationSettings, CurveAnnotator, annotate
 from jobs.datasets import read_meta, write_dataset
 from jobs.train_classifier import run_classifier_training
+from orchestrator.ray_runtime import ensure_ray
 from orchestrator.storage import StorageRoot
 
 GRID = list(range(0, 100, 10)) + [99]
@@ -127,10 +128,12 @@ def main() -> None:
             steps_per_epoch=50,
             track=False,
         )["dir"]
+        # Loops first: once Ray runs, its processes are children of this one and would count.
+        loops = {n: loop(path, clf, a.threads) for n, path in sizes.items()}
+        ensure_ray(num_cpus=os.cpu_count())  # start-up is not annotation throughput
         results = []
         for n, path in sizes.items():
-            lp = loop(path, clf, a.threads)
-            pp = pipeline(path, clf, str(work / f"ann{n}"), a.actors)
+            lp, pp = loops[n], pipeline(path, clf, str(work / f"ann{n}"), a.actors)
             results.append(
                 {
                     "episodes": n,
