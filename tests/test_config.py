@@ -76,4 +76,4 @@ def test_flatten_for_mlflow_params() -> None:
     flat = flatten(cfg)
     assert flat["data.corrupt.0.sigma_min"] == pytest.approx(0.074)
     assert flat["policy.down_dims"] == [32, 64, 128]
-    assert flat["mixing.pool"] == "fixed"
+    assert flat["mixing.pool"] == "proportional"
