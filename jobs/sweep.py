@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from orchestrator.sweep_config import (
     Sweep,
     load_sweep,
     optuna_storage_path,
+    set_path,
 )
 from orchestrator.tracking import (
     RunTracker,
@@ -73,6 +75,7 @@ STATE_FILE = "ambient_sweep.json"
 #: grid_search over whole points; Optuna suggestions arrive under the same key.
 PARAM_SPACE_KEY = "trial"
 THREAD_TIMEOUT_S = 60
+REJECTED_ATTR = "rejected"
 SUMMARY_DIR = "summary"
 TRIAL_META = "trial.json"
 TRIAL_TRAIN = "train"
@@ -183,8 +186,6 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     seed = int(point[SEED_KEY])
     params = {k: v for k, v in point.items() if k != SEED_KEY}
     data = json.loads(json.dumps(ctx.base))
-    from orchestrator.sweep_config import set_path
-
     for path, value in params.items():
         set_path(data, path, value)
     data["train"]["seed"] = seed
@@ -310,25 +311,29 @@ def _newest_persisted_checkpoint(
     trial_dir = Path(ctx.storage_path) / ctx.sweep / f"trial_{trial_id}"
     if "://" in ctx.storage_path or not trial_dir.is_dir():
         return None
-    for d in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+    found = []
+    for d in trial_dir.glob("checkpoint_*"):
         try:
             meta = json.loads((d / TRIAL_META).read_text())
-            if meta.get("trial_id") != trial_id or int(meta.get("round", 0)) <= after_round:
-                continue
-            train = d / TRIAL_TRAIN
-            if meta.get("done"):
-                return meta, None
-            if not ctx.checkpoint_train_state:
-                return meta, None
+        except (OSError, ValueError):
+            continue
+        if meta.get("trial_id") == trial_id and int(meta.get("round", 0)) > after_round:
+            found.append((int(meta["round"]), bool(meta.get("done")), d, meta))
+    for _, done, d, meta in sorted(found, key=lambda f: f[:2], reverse=True):
+        if done or not ctx.checkpoint_train_state:
+            return meta, None
+        train = d / TRIAL_TRAIN
+        try:
             import torch
 
             from ambient_core.train import CHECKPOINT_FILE, read_checkpoint_meta
 
             read_checkpoint_meta(train)  # a copy cut short by kill -9 fails here or below
             torch.load(train / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-            return meta, str(train)
         except (OSError, ValueError, RuntimeError, EOFError, KeyError) as exc:
             logger.warning("skipping unreadable checkpoint %s: %s", d, exc)
+            continue
+        return meta, str(train)
     return None
 
 
@@ -345,9 +350,10 @@ def _scratch_base() -> str:
 class SweepSearcher(Searcher):
     """Constraint filter + per-seed repeats around a searcher (OptunaSearch).
 
-    A suggestion that violates a constraint (or the run-config schema) is told to the inner
-    searcher as failed (Optuna: state FAIL, user attr ``rejected``) and a new one is asked for,
-    up to MAX_RESAMPLES times; it never becomes a Tune trial. Each accepted suggestion is repeated
+    A suggestion that violates a constraint (or the run-config schema) never becomes a Tune
+    trial: it is completed without a result (Optuna: state PRUNED, user attr ``rejected`` with
+    the reason, constraint ``rejected`` = 1 so TPE treats it as infeasible) and a new one is
+    asked for, up to MAX_RESAMPLES times. Each accepted suggestion is repeated
     once per seed (config key ``seed``); when every repeat has completed, the inner searcher is
     told the mean of their last ``metric`` values. Unlike Tune's ``Repeater`` the whole state
     (groups included) is saved and restored, so ``Tuner.restore`` keeps the seed groups.
@@ -403,8 +409,13 @@ class SweepSearcher(Searcher):
             ot = getattr(self.searcher, "_ot_trials", {}).get(inner_id)
             if ot is not None:
                 with contextlib.suppress(Exception):
-                    ot.set_user_attr("rejected", why[:500])
-            self.searcher.on_trial_complete(inner_id, error=True)
+                    ot.set_user_attr(REJECTED_ATTR, why[:500])
+                    # Infeasible (> 0) for constraint-aware samplers: TPE ranks it below every
+                    # feasible trial. Told as FAIL instead, TPE would ignore it and propose the
+                    # same point again and again.
+                    ot.set_constraint(REJECTED_ATTR, 1.0)
+            # No result and no error: OptunaSearch tells PRUNED (TPE keeps PRUNED, drops FAIL).
+            self.searcher.on_trial_complete(inner_id)
         logger.error("no suggestion out of %d satisfied the constraints", MAX_RESAMPLES)
         return Searcher.FINISHED
 
@@ -528,6 +539,23 @@ def _git_commit() -> dict[str, str]:
         }
     except (OSError, subprocess.SubprocessError):
         return {}
+
+
+def spec_digest(sweep: Sweep) -> str:
+    """What a resumed sweep must share with the one that started (not concurrency, budget)."""
+    s = sweep.spec
+    what = {
+        "base": sweep.base,
+        "space": {p: e.model_dump() for p, e in s.space.items()},
+        "constraints": [c.text for c in sweep.constraints],
+        "seeds": s.seeds,
+        "searcher": s.searcher.model_dump(),
+        "scheduler": s.scheduler.model_dump(),
+        "metric": sweep.metric,
+        "mode": s.mode,
+        "num_samples": s.num_samples,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def experiment_root(sweep: Sweep) -> StorageRoot:
@@ -692,6 +720,15 @@ def run_sweep(
             f"sweep {sweep.name!r} already exists at {root.uri}: continue it with "
             f"`ambient sweep resume {path}`, or start another with --name"
         )
+    digest = spec_digest(sweep)
+    if state is not None and state.get("spec_digest") not in (None, digest):
+        raise SweepError(
+            f"the spec of sweep {sweep.name!r} changed since it started (base config, space, "
+            "constraints, seeds, searcher or scheduler): resuming would mix two sweeps; start "
+            "a new one with --name"
+        )
+    # Tune warns on every snapshot forced by num_to_keep; one per report is intended here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = resolve_tracking_uri(
         tracking_uri or (state or {}).get("tracking_uri") or sweep.base["tracking"]["uri"]
     )
@@ -727,6 +764,7 @@ def run_sweep(
             "tracking_uri": uri,
             "experiment": sweep.experiment,
             "spec": str(Path(path).resolve()),
+            "spec_digest": digest,
             "created": time.time(),
         }
         root.write_json(STATE_FILE, state)
@@ -754,8 +792,9 @@ def run_sweep(
         tune.with_parameters(sweep_trial, ctx=ctx), {"cpu": r.cpu, "gpu": r.gpu}
     )
     t0 = time.perf_counter()
+    restored = resume and tune.Tuner.can_restore(root.uri)
     with parent.active():
-        if resume and tune.Tuner.can_restore(root.uri):
+        if restored:
             tuner = tune.Tuner.restore(
                 root.uri, trainable, resume_unfinished=True, resume_errored=True
             )
@@ -802,7 +841,7 @@ def run_sweep(
             "trials/errored": summary["counts"].get("errored", 0),
             "trials/closed_by_driver": closed,
         }
-        if sweep.spec.searcher.kind == "optuna":
+        if sweep.spec.searcher.kind == "optuna" and not restored:  # restored: not this object
             metrics["trials/rejected_suggestions"] = rejected
         best = summary.get("best")
         if best and best.get("mean") is not None:
@@ -890,6 +929,31 @@ def collect_trials(sweep: Sweep) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 df[sweep.metric].astype(float).tolist(),
             )
     return rows, histories
+
+
+def _fill_run_ids(sweep: Sweep, rows: list[dict[str, Any]]) -> None:
+    """Trials that never reported (e.g. crashed) still have a child run: find it by tag."""
+    if all(r["mlflow_run_id"] for r in rows):
+        return
+    state = _read_state(experiment_root(sweep))
+    if state is None:
+        return
+    with contextlib.suppress(Exception):
+        client = RunTracker(state["tracking_uri"], state["parent_run_id"]).client
+        exp_id = ensure_experiment(state["tracking_uri"], state["experiment"])
+        runs = _retry(
+            client.search_runs,
+            [exp_id],
+            filter_string=f"tags.sweep = '{sweep.name}'",
+            max_results=5000,
+        )
+        ids = {
+            r.data.tags.get("ray_trial_id"): r.info.run_id
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]
+        }
+        for r in rows:
+            r["mlflow_run_id"] = r["mlflow_run_id"] or ids.get(r["trial_id"])
 
 
 def _key(params: Mapping[str, Any]) -> str:
@@ -987,7 +1051,10 @@ def _plots(sweep: Sweep, rows: list[dict], configs: list[dict], histories: dict,
         if means and len(sweep.spec.space) == 1:
             xs, ys = zip(*means, strict=True)
             ax.plot(xs, ys, color="grey", lw=1, label="mean over seeds")
-        if entry.loguniform is not None:
+        xs_all = [float(v) for v in (entry.values or entry.bounds or [])] if numeric else []
+        if entry.loguniform is not None or (
+            xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100
+        ):
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(cats)), cats, rotation=15)
@@ -1001,6 +1068,7 @@ def _plots(sweep: Sweep, rows: list[dict], configs: list[dict], histories: dict,
     ax = fig.add_subplot(1, 1, 1)
     for tid, (rounds, vals) in sorted(histories.items()):
         ax.plot(rounds, vals, marker="o", lw=1, label=tid)
+    ax.set_xticks(range(1, sweep.rounds + 1))
     ax.set_xlabel("evaluation round (last = final evaluation)")
     ax.set_ylabel(metric)
     ax.set_title(f"{sweep.name}: {metric} per round (ASHA stops show as short lines)")
@@ -1016,6 +1084,7 @@ def summarize(
     """Results of the sweep so far; with ``write`` also the tables, plots and best config
     (under NAME/summary/ of the storage path, and as parent-run artifacts when given)."""
     rows, histories = collect_trials(sweep)
+    _fill_run_ids(sweep, rows)
     configs = aggregate(sweep, rows)
     best = pick_best(sweep, configs)
     counts: dict[str, int] = {}

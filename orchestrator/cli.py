@@ -422,7 +422,7 @@ def _load_sweep_or_fail(spec: str, overrides: tuple[str, ...], **kw: Any) -> Any
 def sweep_validate(spec: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC (schema, space and constraint paths, values, metric) without running it."""
     s = _load_sweep_or_fail(spec, overrides)
-    _print_json({"valid": True, **s.summary(), "notes": s.notes})
+    _print_json({"valid": True, **s.summary(), "notes": [*s.notes, *s.missing_inputs()]})
 
 
 def _sweep_run(spec: str, overrides: tuple[str, ...], resume: bool, **kw: Any) -> None:

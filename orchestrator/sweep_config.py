@@ -16,10 +16,11 @@ Space entries (one key each)::
 
 Constraints are ``a OP b`` (OP one of < <= > >= == !=; a, b dotted paths of the trial's run
 config or numbers), parsed without ``eval``. They must hold for a config to run: grid and random
-searchers drop violating points before the sweep starts (random redraws); Optuna resamples (the
-rejected suggestion is told to the study as FAIL, so TPE learns nothing from it and no trial is
-run). A point the run-config schema rejects as a whole (a cross-field rule) is an error for
-grid/random and a rejected suggestion for Optuna.
+searchers drop violating points before the sweep starts (random redraws); Optuna resamples: the
+rejected suggestion is never run, it is told to the study as PRUNED with an infeasible
+constraint value (``Trial.set_constraint``), so TPE steers away from it. A point the run-config
+schema rejects as a whole (a cross-field rule) is an error for grid/random and a rejected
+suggestion for Optuna.
 """
 
 from __future__ import annotations
@@ -472,6 +473,27 @@ class Sweep:
             p = {path: e.sample(rng) for path, e in self.spec.space.items()}
             ok += self.violation(p) is None
         return ok / draws
+
+    def missing_inputs(self) -> list[str]:
+        """Local datasets and annotations the base config names that do not exist yet (s3://
+        locations are not probed). Datasets are fine when ``data.generate`` will create them."""
+        out = []
+        data = self.base["data"]
+        for kind in ("clean", "corrupt"):
+            for i, ref in enumerate(data[kind]):
+                loc = resolve_location(ref["path"])
+                generated = data.get("generate") is not None
+                if "://" not in loc and not generated and not (Path(loc) / "meta.json").exists():
+                    out.append(f"data.{kind}.{i}.path: no dataset at {loc}")
+                ann = ref.get("annotation")
+                if ann:
+                    aloc = resolve_location(ann["path"])
+                    if "://" not in aloc and not (Path(aloc) / "manifests").is_dir():
+                        out.append(
+                            f"data.{kind}.{i}.annotation.path: no annotation at {aloc}; create "
+                            f"it first (ambient annotate --name {Path(aloc).name} ...)"
+                        )
+        return out
 
     def summary(self) -> dict[str, Any]:
         s = self.spec

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,19 @@ def test_space_and_constraint_paths_must_exist_and_values_validate(tmp_path: Pat
     p = _spec(tmp_path, {**ok, "constraints": ["train.lr > 1"]})
     with pytest.raises(ConfigError, match=r"no grid point satisfies"):
         load_sweep(p)
+
+
+def test_cli_validate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(main, ["sweep", "validate", str(SWEEPS / "smoke.yaml")])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    assert res["valid"] and res["trials"] == 4 and res["rejected_points"] == 2
+    out = runner.invoke(main, ["sweep", "validate", str(SWEEPS / "maze_classifier.yaml")])
+    assert out.exit_code == 0 and "ambient annotate --name rrt" in out.output
+    bad = _spec(tmp_path, {"space": {"train.lr": {"grid": [1e-3]}}, "mode": "maximize"})
+    out = runner.invoke(main, ["sweep", "validate", str(bad)])
+    assert out.exit_code == 2 and "s.yaml: mode: Input should be 'max' or 'min'" in out.output
 
 
 def test_constraints_evaluate_safely() -> None:
@@ -245,7 +259,7 @@ def test_searcher_rejects_violations_and_repeats_each_config_per_seed(tmp_path: 
     srch = SweepSearcher(inner, s, OptunaSpace(s.spec.space))
     a = srch.suggest("t1")[PARAM_SPACE_KEY]
     assert a == {"data.corrupt.0.sigma_max": 0.2, "seed": 0}
-    assert inner.told == [("t1", None, True)]  # 0.7 violated: told as failed, never run
+    assert inner.told == [("t1", None, False)]  # 0.7 violated: completed without a result
     assert "does not hold" in srch.rejected[0]["reason"]
     b = srch.suggest("t2")[PARAM_SPACE_KEY]
     assert b == {"data.corrupt.0.sigma_max": 0.2, "seed": 1}  # same config, next seed
@@ -259,6 +273,30 @@ def test_searcher_rejects_violations_and_repeats_each_config_per_seed(tmp_path: 
     srch2 = SweepSearcher(_FakeInner([]), s, OptunaSpace(s.spec.space))
     srch2.set_state(state)
     assert srch2.trial_group["t3"] == "t3" and srch2.groups["t1~1"]["told"]
+
+
+def test_optuna_rejections_are_infeasible_for_tpe() -> None:
+    """Rejected suggestions must steer TPE away: told as FAIL, TPE ignores them and proposes
+    the same infeasible point again and again (measured: >1000 rejections within 8 trials)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from jobs.sweep import PARAM_SPACE_KEY, SweepSearcher
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = load_sweep(SWEEPS / "smoke.yaml", ["searcher={kind: optuna, seed: 1}"])
+    space = OptunaSpace(s.spec.space)
+    sampler = optuna.samplers.TPESampler(seed=1, n_startup_trials=2)
+    inner = OptunaSearch(space=space, metric="train_loss", mode="min", sampler=sampler)
+    srch = SweepSearcher(inner, s, space)
+    for i in range(20):
+        p = srch.suggest(f"t{i}")[PARAM_SPACE_KEY]
+        assert p["data.corrupt.0.sigma_max"] < 0.5
+        srch.on_trial_complete(f"t{i}", {"train_loss": 1.0 if p["train.lr"] > 1e-4 else 1.2})
+    assert len(srch.rejected) < 20
+    rejected = [t for t in inner._ot_study.trials if "rejected" in t.user_attrs]
+    assert rejected and all(t.state.name == "PRUNED" for t in rejected)
+    assert all(t.constraints == {"rejected": 1.0} for t in rejected)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -337,20 +375,40 @@ def test_smoke_sweep_end_to_end(ray_session: object, tmp_path: Path) -> None:
     assert out.exit_code == 2 and "already exists" in out.output and "resume" in out.output
 
 
-def _kill_group(proc: subprocess.Popen, ray_tmp: str) -> None:
-    """kill -9 the driver's process group, then any Ray process of its private temp dir that
-    left the group (Ray daemons start their own sessions)."""
-    import psutil
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): Ray's GCS, raylet, agents and trial workers,
+    some of which run in process groups of their own."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent[int(d)] = int(
+                    Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == cur]
+        out += kids
+        todo += kids
+    return out
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the driver's process group and every process it started (by pid), then wait
+    until they are gone, so no trial worker outlives the driver and keeps logging."""
+    try:
+        pids = _descendants(proc.pid) if proc.poll() is None else []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(ray_tmp in part for part in (p.info["cmdline"] or [])):
-                p.kill()
-        except psutil.Error:
-            pass
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
 
 
 @pytest.mark.timeout(300)
@@ -421,7 +479,8 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
                 before, mid = status, running_mid
         assert before, "no trial finished while another had checkpointed (timeout)"
     finally:
-        _kill_group(proc, ray_tmp)
+        _kill_tree(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     # What the dead driver left behind (a trial may have ended between the last poll and -9).
     before = {k.info.run_id: k.info.status for k in _children(uri, parent_id)}
     mid = {r for r in mid if before[r] == "RUNNING"}
@@ -448,9 +507,12 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
         elif status == "RUNNING":
             assert k.data.tags["attempt"] == "2"  # reopened by its trial, same run id
         if k.info.run_id in mid:
-            assert int(k.data.tags["resumed_from_round"]) >= 1
+            r = int(k.data.tags["resumed_from_round"])
+            assert r >= 1  # continued from its checkpoint, not from step 0
             steps = [h.step for h in client.get_metric_history(k.info.run_id, "loss")]
-            assert len(steps) == len(set(steps))  # continued from its checkpoint, not step 0
+            # Only what was logged after that checkpoint (and before the kill) is logged again.
+            assert all(st > r * 80 for st in steps if steps.count(st) > 1)
+            assert sorted(set(steps)) == [40, 80, 120, 160, 200, 240]
     rows = [r for r in res["trials"] if r["final"]]
     assert len(rows) == 4 and all(math.isfinite(r["train_loss"]) for r in rows)
     assert np.isfinite(res["best"]["mean"])
