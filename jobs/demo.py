@@ -1,52 +1,96 @@
 """``make demo`` / ``ambient demo``: the main job end to end on embedded defaults.
 
-Generates a small maze dataset (50 clean plans, 300 RRT plans), trains an ambient policy
-(sigma_min = 0.074 for the RRT data) for a short while on the local machine, evaluates it
-closed-loop, logs everything to the local MLflow store and prints where to look.
+1. generate a small maze set (50 smooth GCS plans, 300 jagged RRT plans);
+2. train the noise-conditioned classifier (3 epochs, one checkpoint each);
+3. annotate the RRT data with score curves on Ray Data (classifier actors);
+4. run a small sweep (sweeps/demo.yaml) over tau x granularity of the annotation-derived
+   per-chunk sigma_min, every trial an MLflow child run of the sweep's parent run;
+5. print the results table and how to open the MLflow UI.
+Everything lands under AMBIENT_HOME (default ./.ambient); re-running reuses data and annotation.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
-from jobs.train import run_training
-from orchestrator.config import load_run_config
+from jobs.annotate import annotate, latest_manifest
+from jobs.generate import generate
+from jobs.train_classifier import RUN_FILE, run_classifier_training
 from orchestrator.settings import ambient_home
+from orchestrator.storage import StorageRoot
 from orchestrator.tracking import resolve_tracking_uri
 
-CONFIG = Path(__file__).resolve().parents[1] / "sweeps" / "train" / "maze_ambient.yaml"
+SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
+GRID = list(range(0, 100, 6)) + [99]
 
 
-def run_demo(steps: int = 600, tracking_uri: str | None = None) -> dict:
+def _step(i: int, text: str) -> float:
+    print(f"\n[demo {i}/5] {text}", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(tracking_uri: str | None = None) -> dict:
+    from jobs.sweep import run_sweep
+
     home = ambient_home()
-    data = home / "data" / "maze-demo"
-    cfg = load_run_config(
-        CONFIG,
-        [
-            f"data.clean.0.path={data / 'clean'}",
-            f"data.corrupt.0.path={data / 'corrupt'}",
-            "data.generate.corrupt=300",
-            f"train.steps={steps}",
-            f"train.log_every={max(steps // 10, 1)}",
-            "train.warmup_steps=50",
-            "eval.episodes=20",
-            "tracking.experiment=demo",
-            "name=demo-maze-ambient",
-        ],
+    data, clf, ann = (
+        home / "data" / "maze-demo",
+        home / "classifiers" / "demo",
+        home / "annotations" / "demo",
     )
-    print(f"[demo] data: {data} (generated on first run)", flush=True)
-    res = run_training(cfg, tracking_uri, verbose=True)
     uri = resolve_tracking_uri(tracking_uri)
-    print("\n[demo] training loss (every log window):")
-    for h in res["history"]:
-        print(
-            f"  step {int(h['step']):>5}  loss {h['loss']:.4f}  corrupt share "
-            f"{h['corrupt_share']:.2f}"
+    t = _step(1, f"maze data -> {data}")
+    if not (data / "corrupt" / "meta.json").exists():
+        print(generate("maze", 50, 300, str(data), seed=0))
+    print(f"  ready ({time.perf_counter() - t:.0f}s); dataset.png shows clean vs RRT plans")
+    t = _step(2, f"classifier (3 epochs) -> {clf}")
+    if not (clf / RUN_FILE).exists():
+        res = run_classifier_training(
+            [str(data / "clean")],
+            [str(data / "corrupt")],
+            name="demo",
+            out=str(clf),
+            epochs=3,
+            steps_per_epoch=100,
+            batch_size=128,
+            tracking_uri=uri,
+            experiment="demo",
+            verbose=True,
         )
-    print("\n[demo] closed-loop evaluation on 20 goals:")
-    print(json.dumps(res["metrics"], indent=2))
-    print(f"\n[demo] run dir: {res['dir']} (rollouts.png, sampler.png, checkpoint/)")
-    print(f"[demo] MLflow run {res['run_id']} in {uri}")
-    print("[demo] open the UI with:  .venv/bin/ambient ui   (then http://127.0.0.1:5000)")
-    return res
+        last = res["history"][-1]
+        print(
+            f"  accuracy by sigma bucket: acc/s0.0-0.1={last.get('acc/s0.0-0.1', 0):.2f} "
+            f"acc/s0.9-1.0={last.get('acc/s0.9-1.0', 0):.2f}"
+        )
+    print(f"  ready ({time.perf_counter() - t:.0f}s); accuracy_vs_sigma.png in {clf}")
+    t = _step(3, f"annotate RRT data with Ray Data -> {ann}")
+    if latest_manifest(StorageRoot(str(ann)))[1] is None:
+        print(
+            annotate(
+                [str(data / "corrupt")],
+                str(clf),
+                [3],
+                out=str(ann),
+                name="demo",
+                grid_levels=GRID,
+                num_draws=2,
+                tracking_uri=uri,
+                experiment="demo",
+                verbose=True,
+            )
+        )
+    print(f"  ready ({time.perf_counter() - t:.0f}s)")
+    t = _step(4, "sweep tau x granularity (4 trials, 2 at a time) on Ray Tune")
+    summary = run_sweep(SPEC, tracking_uri=uri, verbose=0)
+    print(f"  done ({time.perf_counter() - t:.0f}s)")
+    _step(5, f"results ({summary['metric']}, {summary['mode']}):")
+    for c in summary["configs"]:
+        params = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.items() if "." in k)
+        mean = c.get("mean")
+        print(f"  {params:<40} {summary['metric']} = {'n/a' if mean is None else f'{mean:.2f}'}")
+    best = summary.get("best") or {}
+    print(f"  best: {best.get('params')}")
+    print(f"\nMLflow: {uri} (experiment 'demo': classifier, annotation, sweep parent + children)")
+    print("open the UI with:  .venv/bin/ambient ui   (then http://127.0.0.1:5000)")
+    return summary

@@ -577,13 +577,13 @@ def sweep_best_cmd(
 
 
 @main.command()
-@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--tracking-uri")
-def demo(steps: int, tracking_uri: str | None) -> None:
-    """Short end-to-end run on embedded defaults: small maze data, ambient training, evaluation."""
+def demo(tracking_uri: str | None) -> None:
+    """The main job end to end on embedded defaults: maze data, classifier, Ray Data annotation,
+    a small Ray Tune sweep over tau x granularity, results table (about 5 minutes on 2 cores)."""
     from jobs.demo import run_demo
 
-    run_demo(steps, tracking_uri)
+    run_demo(tracking_uri)
 
 
 @main.command()

@@ -411,9 +411,9 @@ def test_lease_lifecycle(root: StorageRoot) -> None:
 
 def test_lease_expiry_takeover(root: StorageRoot) -> None:
     key = "leases/shard-0001"
-    assert root.acquire_lease(key, "crashed", ttl_s=0.2)
+    assert root.acquire_lease(key, "crashed", ttl_s=3.0)  # generous: a loaded CI machine is slow
     assert not root.acquire_lease(key, "watcher-2", ttl_s=30)
-    time.sleep(0.3)
+    time.sleep(3.1)
     lease = root.read_lease(key)
     assert lease is not None and lease.expired()
     assert root.acquire_lease(key, "watcher-2", ttl_s=30)
