@@ -73,7 +73,7 @@ def loop(data: str, clf: str, threads: int) -> dict[str, float]:
         for shard in read_meta(root)["shards"]:
             t = pq.read_table(str(root.local_path / shard["key"]))
             t = t.append_column("path", [[shard["key"]] * t.num_rows])
-            out = ann(t)
+            out = ann.annotate_table(t)
             buf = io.BytesIO()
             pq.write_table(out.drop_columns(["path", "error"]), buf)
             rows += t.num_rows

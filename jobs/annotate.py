@@ -1,11 +1,13 @@
 """Annotate datasets with classifier score curves on Ray Data (``ambient annotate``).
 
-Pipeline: ``read_parquet`` of the shards each dataset's meta.json names (local or s3://) ->
-``map_batches`` with a callable class on an actor pool (one classifier load per actor; every
-block is one shard, re-chunked per episode exactly as training chunks it) -> the driver streams
-the annotated blocks and writes one output shard per input shard atomically, plus a small done
-marker -> manifest ``manifests/v<N+1>.json`` committed last, create-only. Streaming keeps memory
-flat in the dataset size.
+Pipeline: a Ray Dataset with one block per shard that each dataset's meta.json names (local or
+s3://) -> ``map_batches`` with a callable class on an actor pool (one classifier load per actor;
+the actor reads its shard with pyarrow, re-chunks it per episode exactly as training chunks it
+and scores it) -> the driver streams the annotated shards and writes one output shard per input
+shard atomically, plus a small done marker -> manifest ``manifests/v<N+1>.json`` committed last,
+create-only. Streaming keeps memory flat in the dataset size: an actor holds one shard at a time.
+(``read_parquet`` packs many small files into one block, so results arrived in bursts and a crash
+lost whole bursts; one block per shard keeps commits per shard.)
 
 A score curve is, for the chunk whose current frame is a row, the mean P(clean) over
 ``num_draws`` noise draws at each level of the annotation grid, per classifier epoch. sigma_min is
@@ -80,7 +82,14 @@ def _epoch_dir(classifier_dir: str, epoch: int) -> str:
 class CurveAnnotator:
     """Ray Data actor: loads the classifier checkpoints once, scores whole shards (blocks)."""
 
-    def __init__(self, settings: dict[str, Any], obs_keys: list[str], threads: int = 1) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        obs_keys: list[str],
+        threads: int = 1,
+        fs_root: str | None = None,
+        columns: list[str] | None = None,
+    ) -> None:
         import torch
 
         from ambient_core.classifier import load_classifier, read_classifier_meta
@@ -96,8 +105,23 @@ class CurveAnnotator:
             chunk = chunk or read_classifier_meta(path)["extra"]["chunk"]
         self.chunk = ChunkSpec(**chunk)
         self.obs_keys = obs_keys
+        self.columns = columns
+        self.fs = StorageRoot(fs_root).arrow_filesystem()[0] if fs_root else None
 
-    def __call__(self, block: pa.Table) -> pa.Table:
+    def __call__(self, items: pa.Table) -> pa.Table:
+        """Read and score the shards named in ``items`` (column ``path``)."""
+        tables = []
+        for path in items.column("path").to_pylist():
+            try:
+                t = pq.read_table(path, filesystem=self.fs, columns=self.columns)
+            except (pa.ArrowInvalid, OSError) as exc:
+                tables.append(_error_row(path, f"cannot read: {exc}", self.s.epochs))
+                continue
+            tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
+        return pa.concat_tables(tables) if tables else _empty(self.s.epochs)
+
+    def annotate_table(self, block: pa.Table) -> pa.Table:
+        """Score rows of one or more whole shards (column ``path`` names the shard)."""
         paths = block.column("path").unique().to_pylist()
         return (
             pa.concat_tables([self._shard(block, p) for p in paths])
@@ -347,6 +371,9 @@ def annotate(
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = verbose
+            # Small shards would otherwise be bundled into one task whose results all arrive at
+            # the end; one shard per bundle keeps commits (and crash recovery) per shard.
+            ctx.target_min_block_size = 1
             by_path = {}
             paths = []
             for inp in readable:
@@ -354,17 +381,19 @@ def annotate(
                 p = f"{base.rstrip('/')}/{inp.key}"
                 by_path[p] = inp
                 paths.append(p)
-            fs = readable[0].root.arrow_filesystem()[0]
             roots = {inp.root.uri.split("://")[0] for inp in readable}
             if len(roots) > 1:
                 raise ValueError("annotate local and s3:// datasets in separate runs")
-            ds = ray.data.read_parquet(
-                paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths)
-            ).select_columns([*columns, "path"])
+            ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
             ds = ds.map_batches(
                 CurveAnnotator,
-                fn_constructor_kwargs={"settings": vars(settings), "obs_keys": list(obs_keys)},
-                batch_size=None,
+                fn_constructor_kwargs={
+                    "settings": vars(settings),
+                    "obs_keys": list(obs_keys),
+                    "fs_root": readable[0].root.uri,
+                    "columns": columns,
+                },
+                batch_size=1,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=cpus_per_actor,
@@ -395,7 +424,8 @@ def annotate(
                         if verbose:
                             rate = rows_done / max(time.perf_counter() - t0, 1e-9)
                             print(
-                                f"[annotate] {inp.dataset}/{inp.key}: {inp.rows} rows "
+                                f"[annotate {time.strftime('%H:%M:%S')}] "
+                                f"{inp.dataset}/{inp.key}: {inp.rows} rows "
                                 f"({rate:.0f} rows/s)",
                                 flush=True,
                             )

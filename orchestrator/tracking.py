@@ -144,11 +144,16 @@ class RunTracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         ds = Dataset(name=name, digest=digest[:36], source_type="path", source=source, schema=None)
-        _retry(
-            self.client.log_inputs,
-            self.run_id,
-            datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])],
-        )
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
+        try:
+            _retry(self.client.log_inputs, self.run_id, datasets=inputs)
+        except Exception as exc:
+            # Two trials registering the same dataset at once: one insert wins on SQLite; the
+            # loser's retry finds the row and only links it to its run.
+            if "UNIQUE constraint" not in str(exc):
+                raise
+            time.sleep(0.2)
+            _retry(self.client.log_inputs, self.run_id, datasets=inputs)
 
     def end(self, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, self.run_id, status)
