@@ -82,7 +82,10 @@ def run_demo(tracking_uri: str | None = None) -> dict:
         )
     print(f"  ready ({time.perf_counter() - t:.0f}s)")
     t = _step(4, "sweep tau x granularity (4 trials, 2 at a time) on Ray Tune")
-    summary = run_sweep(SPEC, tracking_uri=uri, verbose=0)
+    # A fresh sweep name per demo run, so `make demo` can be run again and again.
+    summary = run_sweep(
+        SPEC, tracking_uri=uri, name=time.strftime("demo-%Y%m%d-%H%M%S"), verbose=0
+    )
     print(f"  done ({time.perf_counter() - t:.0f}s)")
     _step(5, f"results ({summary['metric']}, {summary['mode']}):")
     for c in summary["configs"]:
