@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from ambient_core.envs.registry import get_task, task_names
 from orchestrator.config import (
     ConfigError,
     RunConfig,
@@ -58,19 +59,7 @@ KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SEED_KEY = "seed"
 #: Metrics a trial reports each round (the task's evaluation metrics, see each env's
 #: ``as_dict``) plus the last logged training loss.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "maze": (
-        "success_rate",
-        "reach_rate",
-        "collision_rate",
-        "velocity_violation_rate",
-        "mean_sq_accel",
-        "mean_sq_jerk",
-        "path_length",
-        "mean_steps",
-    ),
-    "bin_sorting": ("success", "motion", "logic", "episode_success_rate"),
-}
+TASK_METRICS: dict[str, tuple[str, ...]] = {name: get_task(name).metrics for name in task_names()}
 EXTRA_METRICS = ("train_loss",)
 PRIMARY_METRIC = {"maze": "success_rate", "bin_sorting": "success"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -501,13 +501,11 @@ class BinSortingMetrics:
 
     def as_dict(self) -> dict[str, float]:
         """Plain floats, ready for a tracker."""
-        return {
-            "motion": float(self.motion),
-            "logic": float(self.logic),
-            "success": float(self.success),
-            "episode_success_rate": float(self.episode_success_rate),
-            "n": float(self.n),
-        }
+        return {k: float(getattr(self, k)) for k in METRIC_NAMES}
+
+
+METRIC_NAMES: tuple[str, ...] = ("motion", "logic", "success", "episode_success_rate", "n")
+"""Scalars of ``BinSortingMetrics.as_dict`` (sweeps read them from the registry)."""
 
 
 def compute_metrics(bin_ids: np.ndarray, colors: np.ndarray) -> BinSortingMetrics:

@@ -62,6 +62,20 @@ def _as_points(points: np.ndarray) -> np.ndarray:
     return arr.reshape(-1, 2)
 
 
+METRIC_NAMES: tuple[str, ...] = (
+    "success_rate",
+    "reach_rate",
+    "collision_rate",
+    "velocity_violation_rate",
+    "mean_sq_accel",
+    "mean_sq_jerk",
+    "path_length",
+    "n",
+    "mean_steps",
+)
+"""Scalars of ``MazeMetrics.as_dict``, in logging order (sweeps read them from the registry)."""
+
+
 @dataclass(frozen=True, eq=False)
 class MazeEnv:
     """Box [0, size]^2 with ``n_obstacles`` rectangles whose layout is a pure function of ``seed``.
@@ -431,18 +445,7 @@ class MazeMetrics:
 
     def as_dict(self) -> dict[str, float]:
         """Plain-float scalars for logging (MLflow metrics, JSON)."""
-        keys = (
-            "success_rate",
-            "reach_rate",
-            "collision_rate",
-            "velocity_violation_rate",
-            "mean_sq_accel",
-            "mean_sq_jerk",
-            "path_length",
-            "n",
-            "mean_steps",
-        )
-        return {k: float(getattr(self, k)) for k in keys}
+        return {k: float(getattr(self, k)) for k in METRIC_NAMES}
 
 
 def evaluate(

@@ -25,6 +25,7 @@ class Task:
     obs_keys: tuple[str, ...]
     action_dim: int
     primary_metric: str
+    metrics: tuple[str, ...]  # scalars evaluate() reports, "n" (the episode count) excluded
     generate: Callable[[int, int, int], tuple[list[Episode], list[Episode]]]
     evaluate: Callable[[ChunkPolicy, int, int, int | None], EvalResult]
     plot_dataset: Callable[[list[Episode], list[Episode], Path], None]
@@ -55,6 +56,7 @@ def _maze() -> Task:
         ("observation.state", "observation.goal"),
         2,
         "success_rate",
+        tuple(m for m in maze.METRIC_NAMES if m != "n"),
         generate,
         evaluate,
         plot_dataset,
@@ -79,7 +81,14 @@ def _bin_sorting() -> Task:
         bs.plot_rollouts(bs.replay(clean[:8] + corrupt[:8]), path, title="8 clean + 8 corrupt")
 
     return Task(
-        "bin_sorting", ("observation.state",), 3, "success", generate, evaluate, plot_dataset
+        "bin_sorting",
+        ("observation.state",),
+        3,
+        "success",
+        tuple(m for m in bs.METRIC_NAMES if m != "n"),
+        generate,
+        evaluate,
+        plot_dataset,
     )
 
 
