@@ -28,7 +28,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ambient_core.data import INDEX_COLUMNS, DataError
-from orchestrator.settings import ambient_home, configure_environment, resolve_location
+from orchestrator.settings import configure_environment, resolve_location
 from orchestrator.storage import StorageRoot, validate_name
 
 MANIFEST_DIR = "manifests"
@@ -68,9 +68,9 @@ class AnnotationSettings:
 
 
 def _epoch_dir(classifier_dir: str, epoch: int) -> str:
-    from jobs.train_classifier import epoch_dir
+    from jobs.train_classifier import local_epoch_dir
 
-    path = epoch_dir(classifier_dir, epoch)
+    path = local_epoch_dir(classifier_dir, epoch)
     if not (path / "classifier.json").exists():
         have = sorted(p.name for p in path.parent.glob("epoch_*"))
         raise FileNotFoundError(
@@ -204,13 +204,51 @@ class _Input:
     etag: str
 
     @property
+    def id(self) -> tuple[str, str]:
+        return (self.dataset, self.key)
+
+    @property
     def out_key(self) -> str:
-        stem = self.key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        stem = self.key.removeprefix("data/").removesuffix(".parquet").replace("/", "--")
         return f"{SHARD_DIR}/{self.dataset}/{stem}.parquet"
 
     @property
     def marker_key(self) -> str:
         return self.out_key.replace(SHARD_DIR, DONE_DIR, 1).removesuffix(".parquet") + ".json"
+
+    @property
+    def uri(self) -> str:
+        return self.root.uri_for(self.key)
+
+
+@dataclass
+class ShardCheck:
+    """What a footer-level look at a shard found before any Ray work is spent on it.
+
+    ``retryable`` problems (no valid Parquet footer) are what a shard still being written looks
+    like; the others (missing columns) cannot go away without the file changing.
+    """
+
+    problem: str | None
+    retryable: bool = False
+    episodes: tuple[int, int] | None = None
+
+
+@dataclass
+class Plan:
+    """The diff between the inputs as they are now and the latest committed manifest."""
+
+    root: StorageRoot
+    settings: AnnotationSettings
+    version: int
+    manifest: dict[str, Any] | None
+    inputs: list[_Input]
+    metas: dict[str, dict[str, Any]]
+    done: dict[tuple[str, str], dict[str, Any]]  # entries the next manifest keeps or resumes
+    pending: list[_Input]  # new or changed shards, not yet annotated
+    resumed: int
+    removed: list[dict[str, Any]]  # manifest entries whose input shard is gone
+    discover: bool
 
 
 def latest_manifest(root: StorageRoot) -> tuple[int, dict[str, Any] | None]:
@@ -226,7 +264,11 @@ def latest_manifest(root: StorageRoot) -> tuple[int, dict[str, Any] | None]:
     return v, root.read_json(f"{MANIFEST_DIR}/v{v}.json")
 
 
-def _list_inputs(datasets: Sequence[str]) -> tuple[list[_Input], dict[str, dict[str, Any]]]:
+def _list_inputs(
+    datasets: Sequence[str], discover: bool
+) -> tuple[list[_Input], dict[str, dict[str, Any]]]:
+    """Shards of each dataset: those meta.json names, or (``discover``) every ``data/*.parquet``
+    file listed now, so shards that land after meta.json was written are seen too."""
     from jobs.datasets import read_meta
 
     inputs, meta_by_name = [], {}
@@ -241,7 +283,14 @@ def _list_inputs(datasets: Sequence[str]) -> tuple[list[_Input], dict[str, dict[
             "digest": meta["digest"],
             "features": meta["features"],
         }
-        listing = {f.key: f for f in root.list("data/")}
+        listing = {f.key: f for f in root.list("data/", suffix=".parquet")}
+        if discover:
+            rows = {s["key"]: int(s["rows"]) for s in meta["shards"]}
+            inputs += [
+                _Input(name, root, k, rows.get(k, -1), f.size, f.etag_or_mtime)
+                for k, f in listing.items()
+            ]
+            continue
         for shard in meta["shards"]:
             info = listing.get(shard["key"])
             if info is None:
@@ -254,18 +303,189 @@ def _list_inputs(datasets: Sequence[str]) -> tuple[list[_Input], dict[str, dict[
     return inputs, meta_by_name
 
 
-def _check_shard(inp: _Input, columns: Sequence[str]) -> str | None:
-    """Footer-level check before Ray reads it: unreadable or schema-mismatched -> message."""
+def plan_annotation(
+    datasets: Sequence[str],
+    settings: AnnotationSettings,
+    root: StorageRoot,
+    discover: bool = False,
+) -> Plan:
+    """Diff the inputs against the latest manifest and the done markers of a crashed run."""
+    version, manifest = latest_manifest(root)
+    if manifest is not None and manifest["settings_digest"] != settings.digest():
+        raise ValueError(
+            f"annotation {root.uri} v{version} was made with other settings "
+            f"({manifest['settings']}); use a new --name/--out for these"
+        )
+    inputs, metas = _list_inputs(datasets, discover)
+    current = {inp.id for inp in inputs}
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    removed = []
+    for entry in (manifest or {}).get("shards", []):
+        key = (entry["dataset"], entry["input_key"])
+        if entry["dataset"] in metas and key not in current:
+            removed.append(entry)
+        else:
+            done[key] = entry
+    pending, resumed = [], 0
+    for inp in inputs:
+        entry = done.get(inp.id)
+        if entry and (entry["input_size"], entry["input_etag"]) == (inp.size, inp.etag):
+            continue
+        done.pop(inp.id, None)
+        if root.exists(inp.marker_key):
+            marker = root.read_json(inp.marker_key)
+            if (marker["settings_digest"], marker["input_size"], marker["input_etag"]) == (
+                settings.digest(),
+                inp.size,
+                inp.etag,
+            ) and root.exists(marker["output_key"]):
+                done[inp.id] = marker
+                resumed += 1
+                continue
+        pending.append(inp)
+    return Plan(
+        root, settings, version, manifest, inputs, metas, done, pending, resumed, removed, discover
+    )
+
+
+def check_shard(inp: _Input, columns: Sequence[str], episodes: bool = False) -> ShardCheck:
+    """Footer-level check before Ray reads a shard; fills in its row count from the footer and,
+    with ``episodes``, reads its episode_index range."""
     fs, base = inp.root.arrow_filesystem()
     path = f"{base.rstrip('/')}/{inp.key}"
     try:
-        schema = pq.read_schema(path, filesystem=fs)
+        meta = pq.read_metadata(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
-        return f"shard {inp.root.uri_for(inp.key)} is not readable Parquet: {exc}"
-    missing = [c for c in columns if c not in schema.names]
+        return ShardCheck(f"shard {inp.uri} is not readable Parquet: {exc}", retryable=True)
+    names = meta.schema.to_arrow_schema().names
+    missing = [c for c in columns if c not in names]
     if missing:
-        return f"shard {inp.root.uri_for(inp.key)} lacks columns {missing} (has {schema.names})"
-    return None
+        return ShardCheck(f"shard {inp.uri} lacks columns {missing} (has {names})")
+    inp.rows = meta.num_rows
+    if inp.rows == 0:
+        return ShardCheck(f"shard {inp.uri} has no rows")
+    span = None
+    if episodes:
+        try:
+            ep = pq.read_table(path, filesystem=fs, columns=["episode_index"]).column(0)
+        except (pa.ArrowInvalid, OSError) as exc:
+            return ShardCheck(f"shard {inp.uri} is not readable Parquet: {exc}", retryable=True)
+        lo, hi = pa.compute.min_max(ep).values()
+        span = (int(lo.as_py()), int(hi.as_py()))
+    return ShardCheck(None, episodes=span)
+
+
+ShardHandler = Callable[[_Input, pa.Table | None, str | None], None]
+
+
+def execute(
+    shards: Sequence[_Input],
+    settings: AnnotationSettings,
+    columns: Sequence[str],
+    obs_keys: Sequence[str],
+    on_shard: ShardHandler,
+    *,
+    actors: int = 1,
+    cpus_per_actor: float = 0.5,
+    gpus_per_actor: float = 0.0,
+    ray_address: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Score ``shards`` on a Ray Data actor pool; ``on_shard(input, table, error)`` is called
+    in the driver once per shard, as soon as all of its rows (or its error) have arrived."""
+    from orchestrator.ray_runtime import ensure_ray
+
+    if not shards:
+        return
+    roots = {inp.root.uri.split("://")[0] for inp in shards}
+    if len(roots) > 1:
+        raise ValueError("annotate local and s3:// datasets in separate runs")
+    ray = ensure_ray(ray_address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = verbose
+    # Small shards would otherwise be bundled into one task whose results all arrive at the
+    # end; one shard per bundle keeps commits (and crash recovery) per shard.
+    ctx.target_min_block_size = 1
+    by_path = {}
+    for inp in shards:
+        fs, base = inp.root.arrow_filesystem()
+        by_path[f"{base.rstrip('/')}/{inp.key}"] = inp
+    ds = ray.data.from_items([{"path": p} for p in by_path], override_num_blocks=len(by_path))
+    ds = ds.map_batches(
+        CurveAnnotator,
+        fn_constructor_kwargs={
+            "settings": vars(settings),
+            "obs_keys": list(obs_keys),
+            "fs_root": shards[0].root.uri,
+            "columns": list(columns),
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
+    )
+    parts: dict[str, list[pa.Table]] = {}
+    got: dict[str, int] = {}
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for p in block.column("path").unique().to_pylist():
+            sub = block.filter(pa.compute.equal(block.column("path"), p))
+            inp = by_path[p]
+            err = [e for e in sub.column("error").to_pylist() if e]
+            if err:
+                parts.pop(p, None)
+                on_shard(inp, None, err[0])
+                continue
+            parts.setdefault(p, []).append(sub)
+            got[p] = got.get(p, 0) + sub.num_rows
+            if got[p] == inp.rows:
+                on_shard(inp, pa.concat_tables(parts.pop(p)), None)
+    incomplete = [by_path[p].key for p in parts]
+    if incomplete:
+        raise RuntimeError(f"annotation produced partial shards {incomplete}")
+
+
+def commit_manifest(
+    plan: Plan, skipped: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Write ``manifests/v<N+1>.json`` create-only (the commit point), then drop the done
+    markers it covers. Returns (manifest, digest); RuntimeError if another writer won."""
+    metas = {k: dict(v) for k, v in plan.metas.items()}
+    shards = sorted(plan.done.values(), key=lambda e: (e["dataset"], e["input_key"]))
+    if plan.discover:  # the dataset is what was annotated, not what meta.json listed
+        for name, meta in metas.items():
+            ident = [
+                (e["input_key"], e["input_size"], e["input_etag"])
+                for e in shards
+                if e["dataset"] == name
+            ]
+            meta["digest"] = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+    version = plan.version + 1
+    new = {
+        "format": "ambient-annotation/1",
+        "version": version,
+        "previous": plan.version or None,
+        "settings": vars(plan.settings),
+        "settings_digest": plan.settings.digest(),
+        "grid_sigmas": _grid_sigmas(plan.settings.grid_levels),
+        "datasets": metas,
+        "shards": shards,
+        "skipped": skipped,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    blob = json.dumps(new, sort_keys=True).encode()
+    key = f"{MANIFEST_DIR}/v{version}.json"
+    if not plan.root.write_json_if_absent(key, new):
+        raise RuntimeError(
+            f"{plan.root.uri_for(key)} was committed by another writer meanwhile; "
+            "re-run to annotate what is still missing"
+        )
+    for inp in plan.inputs:
+        if inp.id in plan.done and plan.root.exists(inp.marker_key):
+            plan.root.delete(inp.marker_key)
+    return new, hashlib.sha256(blob).hexdigest()
 
 
 def annotate(
@@ -291,11 +511,102 @@ def annotate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Annotate every shard the latest manifest lacks; commit manifest v+1; return a summary."""
-    from orchestrator.ray_runtime import ensure_ray
     from orchestrator.tracking import RunTracker, resolve_tracking_uri
 
     configure_environment()
-    validate_name(name, "annotation name")
+    settings = make_settings(classifier_dir, epochs, grid_levels, num_draws, seed)
+    root = annotation_root(name, out)
+    plan = plan_annotation(datasets, settings, root)
+    columns = annotation_columns(obs_keys)
+    skipped: list[dict[str, str]] = []
+    readable = []
+    for inp in plan.pending:
+        problem = check_shard(inp, columns).problem
+        if problem is None:
+            readable.append(inp)
+        elif skip_bad_shards:
+            skipped.append({"dataset": inp.dataset, "input_key": inp.key, "error": problem})
+        else:
+            raise DataError(problem + " (use --skip-bad-shards to annotate the rest)")
+    if verbose:
+        print(
+            f"[annotate] {len(plan.inputs)} shards: "
+            f"{len(plan.inputs) - len(plan.pending)} already annotated, {plan.resumed} resumed, "
+            f"{len(readable)} to annotate, {len(skipped)} skipped",
+            flush=True,
+        )
+    tracker = (
+        RunTracker.start(
+            resolve_tracking_uri(tracking_uri),
+            experiment,
+            f"annotate-{name}",
+            tags={"kind": "annotation"},
+        )
+        if track
+        else None
+    )
+    t0 = time.perf_counter()
+    rows_done = 0
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+
+    def on_shard(inp: _Input, table: pa.Table | None, error: str | None) -> None:
+        nonlocal rows_done
+        if table is None:
+            if not skip_bad_shards:
+                raise DataError(f"shard {inp.uri}: {error}")
+            skipped.append({"dataset": inp.dataset, "input_key": inp.key, "error": str(error)})
+            return
+        plan.done[inp.id] = commit_shard(root, inp, table, settings, owner)
+        rows_done += inp.rows
+        if verbose:
+            _progress(inp, rows_done, t0)
+
+    def body() -> dict[str, Any]:
+        execute(
+            readable,
+            settings,
+            columns,
+            obs_keys,
+            on_shard,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            ray_address=ray_address,
+            verbose=verbose,
+        )
+        wall = time.perf_counter() - t0
+        manifest, digest = commit_manifest(plan, skipped)
+        skipped_keys = {s["input_key"] for s in skipped}
+        summary = {
+            "annotation": root.uri,
+            "version": manifest["version"],
+            "manifest_digest": digest,
+            "shards_total": len(plan.inputs),
+            "shards_annotated": len([r for r in readable if r.key not in skipped_keys]),
+            "shards_resumed": plan.resumed,
+            "shards_skipped": len(skipped),
+            "rows_annotated": rows_done,
+            "rows_per_s": rows_done / wall if wall > 0 else 0.0,
+            "wall_s": wall,
+        }
+        if tracker is not None:
+            log_annotation(tracker, root, manifest, digest, summary, settings, tau)
+        return summary
+
+    if tracker is None:
+        return body()
+    with tracker.active():
+        return body()
+
+
+def make_settings(
+    classifier_dir: str,
+    epochs: Sequence[int],
+    grid_levels: Sequence[int] = DEFAULT_GRID,
+    num_draws: int = 4,
+    seed: int = 0,
+) -> AnnotationSettings:
+    """Validated settings: the classifier epochs exist and the grid is made of DDPM levels."""
     clf_dir = resolve_location(classifier_dir)
     settings = AnnotationSettings(
         clf_dir,
@@ -308,174 +619,26 @@ def annotate(
         _epoch_dir(clf_dir, e)
     if any(not 0 <= k < 100 for k in settings.grid_levels):
         raise ValueError("grid levels must be DDPM indices in [0, 99]")
-    root = StorageRoot(
-        resolve_location(out) if out else str(ambient_home() / "annotations" / name)
-    )
-    version, manifest = latest_manifest(root)
-    if manifest is not None and manifest["settings_digest"] != settings.digest():
-        raise ValueError(
-            f"annotation {root.uri} v{version} was made with other settings "
-            f"({manifest['settings']}); use a new --name/--out for these"
-        )
-    inputs, metas = _list_inputs(datasets)
-    done: dict[tuple[str, str], dict[str, Any]] = {}
-    for entry in (manifest or {}).get("shards", []):
-        done[(entry["dataset"], entry["input_key"])] = entry
-    pending, resumed = [], 0
-    for inp in inputs:
-        entry = done.get((inp.dataset, inp.key))
-        if entry and (entry["input_size"], entry["input_etag"]) == (inp.size, inp.etag):
-            continue
-        if root.exists(inp.marker_key):
-            marker = root.read_json(inp.marker_key)
-            if (marker["settings_digest"], marker["input_size"], marker["input_etag"]) == (
-                settings.digest(),
-                inp.size,
-                inp.etag,
-            ) and root.exists(marker["output_key"]):
-                done[(inp.dataset, inp.key)] = marker
-                resumed += 1
-                continue
-        pending.append(inp)
-    columns = [*INDEX_COLUMNS, "action", *obs_keys]
-    skipped: list[dict[str, str]] = []
-    readable = []
-    for inp in pending:
-        problem = _check_shard(inp, columns)
-        if problem is None:
-            readable.append(inp)
-        elif skip_bad_shards:
-            skipped.append({"dataset": inp.dataset, "input_key": inp.key, "error": problem})
-        else:
-            raise DataError(problem + " (use --skip-bad-shards to annotate the rest)")
-    if verbose:
-        print(
-            f"[annotate] {len(inputs)} shards: {len(inputs) - len(pending)} already annotated, "
-            f"{resumed} resumed, {len(readable)} to annotate, {len(skipped)} skipped",
-            flush=True,
-        )
-    uri = resolve_tracking_uri(tracking_uri)
-    tracker = (
-        RunTracker.start(uri, experiment, f"annotate-{name}", tags={"kind": "annotation"})
-        if track
-        else None
-    )
-    t0 = time.perf_counter()
-    rows_done = 0
-    owner = f"{socket.gethostname()}-{os.getpid()}"
+    return settings
 
-    def body() -> dict[str, Any]:
-        nonlocal rows_done
-        if readable:
-            ray = ensure_ray(ray_address)
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = verbose
-            # Small shards would otherwise be bundled into one task whose results all arrive at
-            # the end; one shard per bundle keeps commits (and crash recovery) per shard.
-            ctx.target_min_block_size = 1
-            by_path = {}
-            paths = []
-            for inp in readable:
-                fs, base = inp.root.arrow_filesystem()
-                p = f"{base.rstrip('/')}/{inp.key}"
-                by_path[p] = inp
-                paths.append(p)
-            roots = {inp.root.uri.split("://")[0] for inp in readable}
-            if len(roots) > 1:
-                raise ValueError("annotate local and s3:// datasets in separate runs")
-            ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-            ds = ds.map_batches(
-                CurveAnnotator,
-                fn_constructor_kwargs={
-                    "settings": vars(settings),
-                    "obs_keys": list(obs_keys),
-                    "fs_root": readable[0].root.uri,
-                    "columns": columns,
-                },
-                batch_size=1,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-            )
-            parts: dict[str, list[pa.Table]] = {}
-            got: dict[str, int] = {}
-            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for p in block.column("path").unique().to_pylist():
-                    sub = block.filter(pa.compute.equal(block.column("path"), p))
-                    inp = by_path[p]
-                    err = [e for e in sub.column("error").to_pylist() if e]
-                    if err:
-                        if not skip_bad_shards:
-                            raise DataError(f"shard {inp.root.uri_for(inp.key)}: {err[0]}")
-                        skipped.append(
-                            {"dataset": inp.dataset, "input_key": inp.key, "error": err[0]}
-                        )
-                        continue
-                    parts.setdefault(p, []).append(sub)
-                    got[p] = got.get(p, 0) + sub.num_rows
-                    if got[p] == inp.rows:
-                        entry = _commit_shard(
-                            root, inp, pa.concat_tables(parts.pop(p)), settings, owner
-                        )
-                        done[(inp.dataset, inp.key)] = entry
-                        rows_done += inp.rows
-                        if verbose:
-                            rate = rows_done / max(time.perf_counter() - t0, 1e-9)
-                            print(
-                                f"[annotate {time.strftime('%H:%M:%S')}] "
-                                f"{inp.dataset}/{inp.key}: {inp.rows} rows "
-                                f"({rate:.0f} rows/s)",
-                                flush=True,
-                            )
-            incomplete = [by_path[p].key for p in parts]
-            if incomplete:
-                raise RuntimeError(f"annotation produced partial shards {incomplete}")
-        wall = time.perf_counter() - t0
-        new = {
-            "format": "ambient-annotation/1",
-            "version": version + 1,
-            "previous": version or None,
-            "settings": vars(settings),
-            "settings_digest": settings.digest(),
-            "grid_sigmas": _grid_sigmas(settings.grid_levels),
-            "datasets": metas,
-            "shards": sorted(done.values(), key=lambda e: (e["dataset"], e["input_key"])),
-            "skipped": skipped,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        blob = json.dumps(new, sort_keys=True).encode()
-        new_digest = hashlib.sha256(blob).hexdigest()
-        if not root.write_json_if_absent(f"{MANIFEST_DIR}/v{version + 1}.json", new):
-            raise RuntimeError(
-                f"{root.uri_for(f'{MANIFEST_DIR}/v{version + 1}.json')} was committed by another "
-                "writer meanwhile; re-run to annotate what is still missing"
-            )
-        for inp in inputs:
-            if (inp.dataset, inp.key) in done and root.exists(inp.marker_key):
-                root.delete(inp.marker_key)
-        summary = {
-            "annotation": root.uri,
-            "version": version + 1,
-            "manifest_digest": new_digest,
-            "shards_total": len(inputs),
-            "shards_annotated": len(readable)
-            - len([s for s in skipped if any(s["input_key"] == r.key for r in readable)]),
-            "shards_resumed": resumed,
-            "shards_skipped": len(skipped),
-            "rows_annotated": rows_done,
-            "rows_per_s": rows_done / wall if wall > 0 else 0.0,
-            "wall_s": wall,
-        }
-        if tracker is not None:
-            _log_annotation(tracker, root, new, new_digest, summary, settings, tau)
-        return summary
 
-    if tracker is None:
-        return body()
-    with tracker.active():
-        return body()
+def annotation_root(name: str, out: str | None = None) -> StorageRoot:
+    """``out``, else ``<storage>/annotations/<name>`` (the name cannot escape that root)."""
+    validate_name(name, "annotation name")
+    return StorageRoot(resolve_location(out) if out else resolve_location(f"annotations/{name}"))
+
+
+def annotation_columns(obs_keys: Sequence[str]) -> list[str]:
+    return [*INDEX_COLUMNS, "action", *obs_keys]
+
+
+def _progress(inp: _Input, rows_done: int, t0: float) -> None:
+    rate = rows_done / max(time.perf_counter() - t0, 1e-9)
+    print(
+        f"[annotate {time.strftime('%H:%M:%S')}] {inp.dataset}/{inp.key}: {inp.rows} rows "
+        f"({rate:.0f} rows/s)",
+        flush=True,
+    )
 
 
 def _grid_sigmas(levels: Sequence[int]) -> list[float]:
@@ -485,7 +648,7 @@ def _grid_sigmas(levels: Sequence[int]) -> list[float]:
     return [float(s[k]) for k in levels]
 
 
-def _commit_shard(
+def commit_shard(
     root: StorageRoot, inp: _Input, table: pa.Table, settings: AnnotationSettings, owner: str
 ) -> dict[str, Any]:
     """Write the annotated shard (atomic), then its done marker; returns the manifest entry."""
@@ -504,6 +667,7 @@ def _commit_shard(
         "input_etag": inp.etag,
         "output_key": inp.out_key,
         "rows": table.num_rows,
+        "episodes": [int(v.as_py()) for v in pa.compute.min_max(table["episode_index"]).values()],
         "sha256": hashlib.sha256(data).hexdigest(),
         "settings_digest": settings.digest(),
         "writer": owner,
@@ -532,7 +696,7 @@ def read_curves(root: StorageRoot, manifest: dict[str, Any], dataset: str, epoch
     return pa.concat_tables(tables)
 
 
-def _log_annotation(
+def log_annotation(
     tracker: Any,
     root: StorageRoot,
     manifest: dict[str, Any],

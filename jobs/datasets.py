@@ -82,8 +82,10 @@ def read_frames(
     keys: Sequence[str],
     name: str | None = None,
     max_episodes: int | None = None,
+    shards: Sequence[str] | None = None,
 ) -> tuple[Frames, dict[str, Any]]:
-    """Validated frames of the shards meta.json names (first ``max_episodes`` episodes)."""
+    """Validated frames of the shards meta.json names, or of ``shards`` (keys, e.g. those an
+    annotation manifest names), first ``max_episodes`` episodes."""
     meta = read_meta(root)
     label = name or str(meta.get("name") or root.uri)
     missing = [k for k in keys if k not in meta.get("features", {})]
@@ -94,15 +96,15 @@ def read_frames(
         )
     fs, base = root.arrow_filesystem()
     tables = []
-    for shard in meta["shards"]:
-        path = f"{base.rstrip('/')}/{shard['key']}"
+    for key in shards if shards is not None else [s["key"] for s in meta["shards"]]:
+        path = f"{base.rstrip('/')}/{key}"
         try:
             tables.append(
                 pq.read_table(path, filesystem=fs, columns=["episode_index", "frame_index", *keys])
             )
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(
-                f"dataset {label!r}: cannot read shard {root.uri_for(shard['key'])}: {exc}"
+                f"dataset {label!r}: cannot read shard {root.uri_for(key)}: {exc}"
             ) from exc
     table = pa.concat_tables(tables)
     if max_episodes is not None:

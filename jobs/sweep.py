@@ -566,6 +566,11 @@ def _read_state(root: StorageRoot) -> dict[str, Any] | None:
     return root.read_json(STATE_FILE) if root.exists(STATE_FILE) else None
 
 
+def sweep_started(sweep: Sweep) -> bool:
+    """True once a sweep of this name has state at its storage path (resume it, do not rerun)."""
+    return _read_state(experiment_root(sweep)) is not None
+
+
 def _search_alg(
     sweep: Sweep, max_concurrent: int
 ) -> tuple[Any, int, dict[str, Any], list[dict[str, Any]] | None]:

@@ -40,8 +40,13 @@ from ambient_core.train import (
 )
 from jobs.datasets import META_FILE, read_frames
 from jobs.generate import generate
-from orchestrator.config import AnnotationRef, RunConfig, flatten, load_run_config
-from orchestrator.settings import ambient_home, configure_environment, resolve_location
+from orchestrator.config import AnnotationRef, DatasetRef, RunConfig, flatten, load_run_config
+from orchestrator.settings import (
+    ambient_home,
+    configure_environment,
+    resolve_local,
+    resolve_location,
+)
 from orchestrator.storage import StorageRoot
 from orchestrator.tracking import RunTracker, _retry, resolve_tracking_uri
 
@@ -93,30 +98,39 @@ def prepare(cfg: RunConfig) -> PreparedRun:
         groups += [("clean", r) for r in cfg.data.clean]
     if cfg.mixing.use_corrupt:
         groups += [("corrupt", r) for r in cfg.data.corrupt]
+    pinned: list[tuple[str, DatasetRef]] = []
     if not groups:
         raise ValueError("the mixing settings leave no dataset to train on")
     for kind, ref in groups:
         root = StorageRoot(resolve_location(ref.path))
-        f, meta = read_frames(root, keys, ref.name, ref.max_episodes)
+        shards = digest = None
+        if kind == "corrupt" and ref.annotation is not None:
+            # Pin the version read now, so shards and curves come from the same manifest.
+            shards, version, digest = annotated_shards(ref.annotation, root)
+            ref = ref.model_copy(
+                update={"annotation": ref.annotation.model_copy(update={"version": version})}
+            )
+        f, meta = read_frames(root, keys, ref.name, ref.max_episodes, shards)
         frames.append(f)
         info.append(
             {
                 "kind": kind,
                 "name": f.name,
                 "uri": root.uri,
-                "digest": meta["digest"],
+                "digest": digest or meta["digest"],
                 "episodes": len(f.episode_bounds),
                 "meta_name": str(meta.get("name") or f.name),
             }
         )
         thresholds.append((ref.sigma_min, ref.sigma_max) if kind == "corrupt" else (0.0, 0.0))
+        pinned.append((kind, ref))
     p = cfg.policy
     spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
     data = ChunkDataset(frames, spec_c, task.obs_keys)
     n_clean = 0
     sm_parts, sx_parts = [], []
     for (kind, ref), (lo, hi), (sm, sx), d in zip(
-        groups, data.dataset_chunk_ranges, thresholds, info, strict=True
+        pinned, data.dataset_chunk_ranges, thresholds, info, strict=True
     ):
         d["chunks"] = hi - lo
         if kind == "clean":
@@ -178,6 +192,49 @@ def prepare(cfg: RunConfig) -> PreparedRun:
     return PreparedRun(task, make_state(policy, sampler, tc), data, info)
 
 
+def load_annotation(ann: AnnotationRef) -> tuple[StorageRoot, int, dict[str, Any]]:
+    """(root, version, manifest) of the annotation a config names (latest if no version)."""
+    from jobs.annotate import MANIFEST_DIR, latest_manifest
+
+    root = StorageRoot(resolve_location(ann.path))
+    if ann.version is None:
+        version, manifest = latest_manifest(root)
+        if manifest is None:
+            raise DataError(f"{root.uri} has no committed annotation manifest")
+        return root, version, manifest
+    key = f"{MANIFEST_DIR}/v{ann.version}.json"
+    if not root.exists(key):
+        raise DataError(f"annotation {root.uri} has no version {ann.version}")
+    return root, ann.version, root.read_json(key)
+
+
+def annotated_shards(ann: AnnotationRef, data: StorageRoot) -> tuple[list[str], int, str]:
+    """The shard keys of a corrupt dataset that its annotation manifest names (readers trust
+    only those: shards that landed later are not annotated yet); a shard that changed since
+    it was annotated is an error, not a silent mismatch of curves and frames."""
+    from jobs.datasets import read_meta
+
+    root, version, manifest = load_annotation(ann)
+    meta_name = read_meta(data).get("name") or data.uri.rstrip("/").rsplit("/", 1)[-1]
+    dataset = ann.dataset or str(meta_name)
+    entries = [e for e in manifest["shards"] if e["dataset"] == dataset]
+    if not entries:
+        raise DataError(
+            f"annotation {root.uri} v{version} has no shards of dataset {dataset!r} "
+            f"(it has {sorted(manifest['datasets'])})"
+        )
+    listing = {f.key: f for f in data.list("data/")}
+    for e in entries:
+        now = listing.get(e["input_key"])
+        if now is None or (now.size, now.etag_or_mtime) != (e["input_size"], e["input_etag"]):
+            raise DataError(
+                f"{data.uri_for(e['input_key'])} is {'gone' if now is None else 'changed'} "
+                f"since annotation {root.uri} v{version}; re-annotate (ambient watch) first"
+            )
+    digest = manifest["datasets"].get(dataset, {}).get("digest", "")
+    return [e["input_key"] for e in entries], version, digest
+
+
 def annotated_sigma_min(
     ann: AnnotationRef, dataset: str, data: ChunkDataset, chunks: tuple[int, int], seed: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -185,15 +242,9 @@ def annotated_sigma_min(
 
     A chunk is matched to the annotated row of its current frame (start + T_o - 1).
     """
-    from jobs.annotate import MANIFEST_DIR, curve_column, latest_manifest, read_curves
+    from jobs.annotate import MANIFEST_DIR, curve_column, read_curves
 
-    root = StorageRoot(resolve_location(ann.path))
-    if ann.version is None:
-        version, manifest = latest_manifest(root)
-        if manifest is None:
-            raise DataError(f"{root.uri} has no committed annotation manifest")
-    else:
-        version, manifest = ann.version, root.read_json(f"{MANIFEST_DIR}/v{ann.version}.json")
+    root, version, manifest = load_annotation(ann)
     name = ann.dataset or dataset
     table = read_curves(root, manifest, name, ann.epoch)
     key = (
@@ -366,7 +417,7 @@ def run_training(
             parent_run_id,
             {"task": cfg.task, **(tags or {})},
         )
-    base = Path(resolve_location(cfg.output_dir)) if cfg.output_dir else ambient_home() / "runs"
+    base = resolve_local(cfg.output_dir) if cfg.output_dir else ambient_home() / "runs"
     out_dir = base / (
         f"{cfg.name}-{tracker.run_id[:8]}" if tracker else f"{cfg.name}-{int(time.time())}"
     )

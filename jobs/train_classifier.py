@@ -9,13 +9,17 @@ accuracy vs sigma (the empirical D(p_s, q_s) curve).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ambient_core._io import atomic_directory
 from ambient_core.classifier import (
+    CLASSIFIER_FILE,
+    CLASSIFIER_META,
     ClassifierSpec,
     ClassifierState,
     DatasetPool,
@@ -36,6 +40,40 @@ RUN_FILE = "classifier_run.json"
 def epoch_dir(root: str | Path, epoch: int) -> Path:
     """Where epoch ``epoch`` of a classifier run lives."""
     return Path(root) / f"epoch_{epoch}"
+
+
+def _cache_dir(uri: str) -> Path:
+    """Local copy of a classifier run kept in S3 (one per URI and node)."""
+    return ambient_home() / "cache" / "classifiers" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def local_epoch_dir(classifier: str, epoch: int) -> Path:
+    """A local directory holding ``epoch`` of a classifier run given as a path or an s3:// URI.
+
+    S3 runs are downloaded once per node into the cache (weights first, classifier.json last,
+    as training uploads them), so every annotation actor on a cluster can load them.
+    """
+    if "://" not in classifier:
+        return epoch_dir(classifier, epoch)
+    local = epoch_dir(_cache_dir(classifier), epoch)
+    if (local / CLASSIFIER_META).exists():
+        return local
+    remote = StorageRoot(classifier)
+    key = f"epoch_{epoch}/{CLASSIFIER_META}"
+    if not remote.exists(key):
+        have = sorted({i.key.split("/")[0] for i in remote.list("epoch_")})
+        raise FileNotFoundError(
+            f"classifier epoch {epoch} not found under {classifier}; has {have}"
+        )
+    with atomic_directory(local) as tmp:
+        for name in (CLASSIFIER_FILE, CLASSIFIER_META):
+            (tmp / name).write_bytes(remote.read_bytes(f"epoch_{epoch}/{name}"))
+    return local
+
+
+def _upload(local: Path, remote: StorageRoot, names: Sequence[str], prefix: str = "") -> None:
+    for name in names:
+        remote.write_bytes(prefix + name, (local / name).read_bytes())
 
 
 def run_classifier_training(
@@ -94,9 +132,9 @@ def run_classifier_training(
         RunTracker.start(uri, experiment, name, tags={"kind": "classifier"}) if track else None
     )
     tag = tracker.run_id[:8] if tracker else str(int(time.time()))
-    out_dir = (
-        Path(resolve_location(out)) if out else ambient_home() / "classifiers" / f"{name}-{tag}"
-    )
+    location = resolve_location(out or f"classifiers/{name}-{tag}")
+    remote = StorageRoot(location) if "://" in location else None
+    out_dir = _cache_dir(location) if remote else Path(location)
     out_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -109,6 +147,13 @@ def run_classifier_training(
             normalizer,
             {"epoch": epoch, "metrics": metrics, "chunk": vars(spec_c), "inputs": inputs},
         )
+        if remote is not None:  # weights first: classifier.json marks a complete epoch
+            _upload(
+                epoch_dir(out_dir, epoch),
+                remote,
+                [CLASSIFIER_FILE, CLASSIFIER_META],
+                f"epoch_{epoch}/",
+            )
         history.append({"epoch": float(epoch), **metrics})
         if tracker is not None:
             tracker.log_metrics(metrics, epoch)
@@ -160,6 +205,8 @@ def run_classifier_training(
             "train_s": round(time.perf_counter() - t0, 2),
         }
         (out_dir / RUN_FILE).write_text(json.dumps(run_info, indent=2))
+        if remote is not None:
+            _upload(out_dir, remote, ["accuracy_vs_sigma.png", RUN_FILE])
         if tracker is not None:
             tracker.log_artifact(out_dir / "accuracy_vs_sigma.png")
             tracker.log_artifact(out_dir / RUN_FILE)
@@ -170,7 +217,7 @@ def run_classifier_training(
     else:
         with tracker.active():
             body()
-    return {"dir": str(out_dir), "run_id": tracker.run_id if tracker else None, "history": history}
+    return {"dir": location, "run_id": tracker.run_id if tracker else None, "history": history}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,9 +28,34 @@ def configure_environment() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def storage_root() -> str:
+    """Where relative data locations live (datasets, annotations, classifiers, sweeps):
+    ``AMBIENT_STORAGE`` (a directory or ``s3://bucket/prefix``, set by ``--storage``) or
+    ``ambient_home()``. One setting moves a laptop workflow onto shared storage unchanged."""
+    value = os.environ.get("AMBIENT_STORAGE", "").strip()
+    if not value:
+        return str(ambient_home())
+    if "://" in value:
+        return value.rstrip("/")
+    return str(Path(os.path.expanduser(value)).resolve())
+
+
+def _is_absolute(path: str) -> bool:
+    return "://" in path or os.path.isabs(path) or path.startswith("~")
+
+
 def resolve_location(path: str) -> str:
     """Config locations: URIs (s3://, file://) and absolute paths as given; relative paths live
-    under ``ambient_home()`` so configs work from any directory and tests can isolate them."""
-    if "://" in path or os.path.isabs(path) or path.startswith("~"):
+    under ``storage_root()`` so configs work from any directory, on a laptop or a cluster."""
+    if _is_absolute(path):
         return os.path.expanduser(path) if path.startswith("~") else path
-    return str(ambient_home() / path)
+    root = storage_root()
+    return f"{root}/{path}" if "://" in root else str(Path(root) / path)
+
+
+def resolve_local(path: str) -> Path:
+    """Locations that are always local files (run outputs, checkpoints): relative paths live
+    under ``ambient_home()`` whatever the shared storage is."""
+    if "://" in path:
+        raise ValueError(f"{path} must be a local path (run outputs are local files)")
+    return Path(os.path.expanduser(path) if path.startswith("~") else ambient_home() / path)

@@ -39,6 +39,8 @@ __all__ = [
     "ENDPOINT_ENV_VARS",
     "FileInfo",
     "Lease",
+    "LeaseKeeper",
+    "LeaseLost",
     "StorageError",
     "StorageRoot",
     "s3_endpoint_from_env",
@@ -897,3 +899,55 @@ def _exclusive_create(path: Path, data: bytes) -> bool:
         raise
     _fsync_dir(path.parent)
     return True
+
+
+class LeaseLost(RuntimeError):
+    """The lease was taken over by another owner (this holder stalled past its TTL)."""
+
+
+class LeaseKeeper:
+    """Hold a lease for the length of a ``with`` block, renewing it from a daemon thread.
+
+    ``held`` says whether it was acquired. Work that must not be done twice calls ``check()``
+    before each commit: it raises LeaseLost once a renewal found another owner, so a stalled
+    holder stops before it writes on top of its successor.
+    """
+
+    def __init__(self, root: StorageRoot, key: str, owner: str, ttl_s: float) -> None:
+        self.root, self.key, self.owner, self.ttl_s = root, key, owner, float(ttl_s)
+        self.held = False
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LeaseKeeper:
+        self.held = self.root.acquire_lease(self.key, self.owner, self.ttl_s)
+        if self.held:
+            self._thread = threading.Thread(target=self._renew, name="lease-renew", daemon=True)
+            self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.root.acquire_lease(self.key, self.owner, self.ttl_s):
+                    holder = self.root.read_lease(self.key)
+                    self._lost = f"taken over by {holder.owner if holder else 'nobody'}"
+                    return
+            except (OSError, ValueError):  # a storage hiccup: try again next period
+                continue
+
+    def check(self) -> None:
+        """Raise LeaseLost if another owner holds the lease now."""
+        if self._lost is not None:
+            raise LeaseLost(f"lease {self.root.uri_for(self.key)} lost: {self._lost}")
+
+    def holder(self) -> Lease | None:
+        return self.root.read_lease(self.key)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.held and self._lost is None:
+            self.root.release_lease(self.key, self.owner)

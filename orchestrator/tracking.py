@@ -115,9 +115,7 @@ class RunTracker:
 
         ts = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), ts, int(step or 0))
-            for k, v in metrics.items()
-            if v is not None
+            Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None
         ]
         for i in range(0, len(items), 500):
             _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 500])

@@ -1,0 +1,80 @@
+"""``ambient watch``: run re-annotation passes on a schedule (or once, for cron / RayCronJob).
+
+The loop is deliberately simple: a pass, then sleep until the schedule's next time. A failing
+pass (storage down, cluster gone) is reported and retried at the next time rather than ending
+the watcher; ``--once`` instead exits non-zero so cron and Kubernetes see the failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.watch_config import WatchConfig
+
+PassFn = Callable[[WatchConfig], dict[str, Any]]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def watch(
+    cfg: WatchConfig,
+    run_pass: PassFn,
+    *,
+    once: bool = False,
+    max_passes: int | None = None,
+    stop: threading.Event | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run passes until ``stop`` is set or ``max_passes`` are done; returns their summaries.
+
+    With ``once`` a single pass runs and its exception propagates.
+    """
+    stop = stop or threading.Event()
+    results: list[dict[str, Any]] = []
+    while not stop.is_set():
+        started = _utcnow()
+        try:
+            res = run_pass(cfg)
+        except Exception as exc:
+            if once:
+                raise
+            res = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            echo(traceback.format_exc().rstrip())
+        res["started"] = started.isoformat(timespec="seconds")
+        results.append(res)
+        echo(json.dumps(_brief(res), default=str))
+        if once or (max_passes is not None and len(results) >= max_passes):
+            break
+        nxt = cfg.schedule.next_after(started)
+        now = _utcnow()
+        if nxt <= now:  # the pass overran its slot: skip to the next one still ahead
+            nxt = cfg.schedule.next_after(now) if cfg.schedule.cron else now
+        echo(f"[watch] next pass at {nxt.isoformat(timespec='seconds')}")
+        stop.wait(max(0.0, (nxt - _utcnow()).total_seconds()))
+    return results
+
+
+def _brief(res: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "status",
+        "version",
+        "shards_listed",
+        "shards_annotated",
+        "shards_resumed",
+        "shards_retry_later",
+        "shards_quarantined",
+        "rows_annotated",
+        "holder",
+        "error",
+        "run_id",
+        "follow_up",
+        "started",
+    )
+    return {k: res[k] for k in keep if k in res}
