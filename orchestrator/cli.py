@@ -1,9 +1,14 @@
-"""The ``ambient`` command line: data, training, evaluation, reproduction, demo, UI."""
+"""The ``ambient`` command line: data, training, evaluation, annotation, sweeps, re-annotation
+watch, cluster submission, reproduction, demo, UI."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -19,6 +24,62 @@ def _fail(exc: Exception) -> None:
 
 def _print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _apply_common(ray_address: str | None, tracking_uri: str | None, storage: str | None) -> None:
+    """Export the three location settings so every layer (and every Ray worker started from
+    here) sees them: RAY_ADDRESS, MLFLOW_TRACKING_URI, AMBIENT_STORAGE."""
+    if ray_address:
+        os.environ["RAY_ADDRESS"] = ray_address
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    if storage:
+        os.environ["AMBIENT_STORAGE"] = storage if "://" in storage else os.path.abspath(storage)
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray-address``, ``--tracking-uri`` and ``--storage`` on a command, so the same YAML
+    runs on a laptop and on a cluster by changing flags only."""
+    wanted = inspect.signature(fn).parameters
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        ray_address: str | None,
+        tracking_uri: str | None,
+        storage: str | None,
+        **kw: Any,
+    ) -> Any:
+        _apply_common(ray_address, tracking_uri, storage)
+        if "tracking_uri" in wanted:
+            kw["tracking_uri"] = tracking_uri
+        if "ray_address" in wanted:
+            kw["ray_address"] = ray_address
+        return fn(*args, **kw)
+
+    for opt in reversed(_COMMON_OPTIONS):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+_COMMON_OPTIONS = [
+    click.option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="Join this Ray cluster (ray://HOST:10001 or HOST:6379; env RAY_ADDRESS). "
+        "Default: start a local one on 127.0.0.1.",
+    ),
+    click.option(
+        "--tracking-uri",
+        help="MLflow tracking URI, e.g. http://mlflow:5000 (env MLFLOW_TRACKING_URI). "
+        "Default: SQLite under AMBIENT_HOME.",
+    ),
+    click.option(
+        "--storage",
+        help="Root of relative data locations (datasets, annotations, classifiers, sweeps): a "
+        "directory or s3://bucket/prefix (env AMBIENT_STORAGE). Default: AMBIENT_HOME.",
+    ),
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +100,7 @@ def data() -> None:
 
 
 @data.command("generate")
+@_common
 @click.argument("task", type=click.Choice(["maze", "bin-sorting"]))
 @click.option(
     "--clean",
@@ -69,6 +131,7 @@ def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) 
 
 
 @data.command("import")
+@_common
 @click.argument("fmt", type=click.Choice(["lerobot", "zarr"]))
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--out", required=True, help="Output directory or s3://bucket/prefix.")
@@ -110,6 +173,7 @@ def data_import(
 
 
 @main.command()
+@_common
 @click.option(
     "--config",
     "config_path",
@@ -124,7 +188,6 @@ def data_import(
     metavar="KEY=VALUE",
     help="Dotted override, e.g. --set train.steps=500 --set data.corrupt.0.sigma_min=0.1",
 )
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite under ./.ambient).")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
 def train(
     config_path: str, overrides: tuple[str, ...], tracking_uri: str | None, no_track: bool
@@ -143,6 +206,7 @@ def train(
 
 
 @main.command("eval")
+@_common
 @click.option(
     "--checkpoint",
     required=True,
@@ -152,7 +216,6 @@ def train(
 @click.option("--episodes", type=click.IntRange(1), help="Evaluation episodes (default: config).")
 @click.option("--seed", type=int, help="Evaluation seed (default: the config's).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a rollout PNG here.")
-@click.option("--tracking-uri")
 @click.option("--no-track", is_flag=True)
 def eval_cmd(
     checkpoint: str,
@@ -174,6 +237,7 @@ def classifier() -> None:
 
 
 @classifier.command("train")
+@_common
 @click.option(
     "--data",
     "clean",
@@ -196,7 +260,6 @@ def classifier() -> None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--horizon", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tracking-uri")
 def classifier_train(
     clean: tuple[str, ...],
     corrupt: tuple[str, ...],
@@ -238,6 +301,7 @@ def classifier_train(
 
 
 @main.command()
+@_common
 @click.option(
     "--data",
     "datasets",
@@ -290,8 +354,6 @@ def classifier_train(
     show_default=True,
     help="Threshold used for the logged sigma_min histograms only.",
 )
-@click.option("--ray-address", help="Join this Ray cluster (default: start a local one).")
-@click.option("--tracking-uri")
 def annotate(
     datasets: tuple[str, ...],
     classifier_dir: str,
@@ -341,6 +403,7 @@ def annotate(
 
 
 @main.command()
+@_common
 @click.argument("benchmark", type=click.Choice(["maze", "bin-sorting"]))
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--full", is_flag=True, help="The paper's sizes (for a GPU or a cluster).")
@@ -359,7 +422,6 @@ def annotate(
     metavar="KEY=VALUE",
     help="Override applied to every row, e.g. --set train.steps=1000",
 )
-@click.option("--tracking-uri")
 def reproduce(
     benchmark: str,
     seeds: int,
@@ -417,6 +479,7 @@ def _load_sweep_or_fail(spec: str, overrides: tuple[str, ...], **kw: Any) -> Any
 
 
 @sweep.command("validate")
+@_common
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_SWEEP_SET
 def sweep_validate(spec: str, overrides: tuple[str, ...]) -> None:
@@ -438,12 +501,11 @@ def _sweep_run(spec: str, overrides: tuple[str, ...], resume: bool, **kw: Any) -
 
 
 @sweep.command("run")
+@_common
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_SWEEP_SET
 @_SWEEP_STORAGE
 @_SWEEP_NAME
-@click.option("--tracking-uri")
-@click.option("--ray-address", help="Join this Ray cluster (default: start a local one).")
 def sweep_run(
     spec: str,
     overrides: tuple[str, ...],
@@ -465,12 +527,11 @@ def sweep_run(
 
 
 @sweep.command("resume")
+@_common
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_SWEEP_SET
 @_SWEEP_STORAGE
 @_SWEEP_NAME
-@click.option("--tracking-uri")
-@click.option("--ray-address", help="Join this Ray cluster (default: start a local one).")
 def sweep_resume(
     spec: str,
     overrides: tuple[str, ...],
@@ -493,6 +554,7 @@ def sweep_resume(
 
 
 @sweep.command("status")
+@_common
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_SWEEP_SET
 @_SWEEP_STORAGE
@@ -540,6 +602,7 @@ def _cell(v: Any) -> str:
 
 
 @sweep.command("best")
+@_common
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_SWEEP_SET
 @_SWEEP_STORAGE
@@ -577,7 +640,198 @@ def sweep_best_cmd(
 
 
 @main.command()
-@click.option("--tracking-uri")
+@_common
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Watch file (see sweeps/watch/): sources, classifier, schedule, follow-up sweep.",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override.")
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron or a RayCronJob).")
+@click.option(
+    "--max-passes", type=click.IntRange(1), help="Stop after this many passes (default: never)."
+)
+@click.option("--no-track", is_flag=True, help="Do not log annotation runs to MLflow.")
+def watch(
+    config_path: str,
+    overrides: tuple[str, ...],
+    once: bool,
+    max_passes: int | None,
+    no_track: bool,
+    tracking_uri: str | None,
+    ray_address: str | None,
+) -> None:
+    """Keep an annotation current while new corrupt shards land in its sources.
+
+    Each pass lists SOURCE/data/*.parquet (local or s3://), annotates only new or changed shards
+    under a lease (two watchers never annotate the same shards), commits manifest v+1 with
+    lineage, logs an MLflow annotation run and optionally runs the follow-up sweep. Shards still
+    being written are retried on later passes; permanently bad ones are quarantined and listed.
+    Runs every schedule.interval_s seconds or at schedule.cron times (UTC) until Ctrl-C.
+    """
+    from ambient_core.data import DataError
+    from jobs.reannotate import run_pass
+    from orchestrator.watch import watch as loop
+    from orchestrator.watch_config import load_watch_config
+
+    try:
+        cfg = load_watch_config(config_path, list(overrides))
+    except ConfigError as exc:
+        _fail(exc)
+        return
+
+    def one(c: Any) -> dict[str, Any]:
+        return run_pass(c, tracking_uri=tracking_uri, ray_address=ray_address, track=not no_track)
+
+    try:
+        results = loop(cfg, one, once=once, max_passes=max_passes, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("[watch] stopped")
+        return
+    except (DataError, ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+        return
+    if once:
+        _print_json(results[-1])
+        if results[-1].get("status") == "busy":
+            click.echo("[watch] another watcher holds the lease; nothing done", err=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    required=True,
+    help="Dashboard URL of the cluster head, e.g. http://HEAD:8265 (env RAY_API_SERVER_ADDRESS).",
+)
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI the job logs to (forwarded as MLFLOW_TRACKING_URI).",
+)
+@click.option(
+    "--storage", help="Storage root for the job (forwarded as AMBIENT_STORAGE), e.g. s3://b/p."
+)
+@click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Forward a variable.")
+@click.option(
+    "--working-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=".",
+    show_default=True,
+    help="Uploaded as the job's working directory (.gitignore'd files stay behind).",
+)
+@click.option("--submission-id", help="Job id (default: digest of command, settings and code).")
+@click.option("--retry", is_flag=True, help="Run again if the same job already failed/stopped.")
+@click.option("--no-wait", is_flag=True, help="Print the id and return; do not stream logs.")
+@click.option("--timeout", type=float, help="Stop following after this many seconds.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def submit(
+    address: str,
+    tracking_uri: str | None,
+    storage: str | None,
+    env_items: tuple[str, ...],
+    working_dir: str,
+    submission_id: str | None,
+    retry: bool,
+    no_wait: bool,
+    timeout: float | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run an ambient COMMAND on a Ray cluster through the Ray Jobs API.
+
+    \b
+    ambient submit --address http://HEAD:8265 --tracking-uri http://mlflow:5000 \\
+        --storage s3://lab/ambient -- sweep run sweeps/maze_sigma_min.yaml
+
+    The same command (and settings and code) gets the same submission id, so submitting it
+    twice follows the first job instead of starting a second. Exits 0 when the job succeeds.
+    """
+    from pathlib import Path
+
+    from orchestrator.submit import JobClient, Submission, SubmitError
+
+    env = {}
+    for item in env_items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(ValueError(f"--env {item!r} must look like KEY=VALUE"))
+        env[key] = value
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if storage:
+        env["AMBIENT_STORAGE"] = storage
+    try:
+        sub = Submission.build(list(command), Path(working_dir).resolve(), env, submission_id)
+        client = JobClient(address)
+        sid, created = client.submit(sub, retry=retry)
+    except (SubmitError, RuntimeError, ConnectionError) as exc:
+        _fail(exc)
+        return
+    verb = "submitted" if created else f"already submitted ({client.status(sid)}); following"
+    click.echo(f"[submit] {verb}: {sid}  ({sub.entrypoint})", err=True)
+    if no_wait:
+        click.echo(sid)
+        return
+    try:
+        status = client.follow(sid, click.echo, timeout_s=timeout)
+    except KeyboardInterrupt:
+        click.echo(f"\n[submit] still running: ambient job logs {sid} --address {address}")
+        sys.exit(130)
+    click.echo(f"[submit] {sid}: {status}", err=True)
+    sys.exit(0 if status == "SUCCEEDED" else 1)
+
+
+@main.group()
+def job() -> None:
+    """Status, logs and stopping of jobs started with `ambient submit`."""
+
+
+_ADDRESS = click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    required=True,
+    help="Dashboard URL of the cluster head (env RAY_API_SERVER_ADDRESS).",
+)
+
+
+@job.command("status")
+@_ADDRESS
+@click.argument("submission_id")
+def job_status(address: str, submission_id: str) -> None:
+    """Print the status of SUBMISSION_ID."""
+    from orchestrator.submit import JobClient
+
+    click.echo(JobClient(address).status(submission_id) or "no such job")
+
+
+@job.command("logs")
+@_ADDRESS
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@click.argument("submission_id")
+def job_logs(address: str, follow: bool, submission_id: str) -> None:
+    """Print the log of SUBMISSION_ID."""
+    from orchestrator.submit import JobClient
+
+    client = JobClient(address)
+    if follow:
+        click.echo(f"[job] {client.follow(submission_id, click.echo)}", err=True)
+    else:
+        click.echo(client.logs(submission_id), nl=False)
+
+
+@job.command("stop")
+@_ADDRESS
+@click.argument("submission_id")
+def job_stop(address: str, submission_id: str) -> None:
+    """Ask the cluster to stop SUBMISSION_ID."""
+    from orchestrator.submit import JobClient
+
+    click.echo("stopping" if JobClient(address).stop(submission_id) else "not running")
+
+
+@main.command()
+@_common
 def demo(tracking_uri: str | None) -> None:
     """The main job end to end on embedded defaults: maze data, classifier, Ray Data annotation,
     a small Ray Tune sweep over tau x granularity, results table (about 5 minutes on 2 cores)."""
@@ -587,8 +841,8 @@ def demo(tracking_uri: str | None) -> None:
 
 
 @main.command()
+@_common
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--tracking-uri")
 def ui(port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on 127.0.0.1 for the local store and print its URL."""
     import subprocess
