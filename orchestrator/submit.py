@@ -121,6 +121,7 @@ class JobClient:
             )
         self.address = address
         self.client = JobSubmissionClient(address)
+        self.agent_wait_s = 120.0
 
     def status(self, submission_id: str) -> str | None:
         """The job's status, or None if there is no job with this id."""
@@ -147,13 +148,21 @@ class JobClient:
                 )
             n += 1
             sid = f"{sub.submission_id}-r{n}"
-        self.client.submit_job(
-            entrypoint=sub.entrypoint,
-            submission_id=sid,
-            runtime_env=sub.runtime_env,
-            metadata={"ambient.command": " ".join(sub.args)[:500]},
-        )
-        return sid, True
+        # A head that just started answers before its job agent is up: wait for it a while.
+        deadline = time.monotonic() + self.agent_wait_s
+        while True:
+            try:
+                self.client.submit_job(
+                    entrypoint=sub.entrypoint,
+                    submission_id=sid,
+                    runtime_env=sub.runtime_env,
+                    metadata={"ambient.command": " ".join(sub.args)[:500]},
+                )
+                return sid, True
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
 
     def logs(self, submission_id: str) -> str:
         return str(self.client.get_job_logs(submission_id))

@@ -53,7 +53,7 @@ from orchestrator.config import (
     format_validation_error,
     load_yaml,
 )
-from orchestrator.settings import ambient_home, resolve_location
+from orchestrator.settings import resolve_location
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SEED_KEY = "seed"
@@ -676,7 +676,7 @@ def load_sweep(
     if not _NAME_RE.match(sweep_name):
         raise _fail(source, "name", f"{sweep_name!r}: use letters, digits, '.', '_' or '-'")
     sp = storage_path or spec.storage_path
-    sp = resolve_location(sp) if sp else str(ambient_home() / "sweeps")
+    sp = resolve_location(sp or "sweeps")
     sweep = Sweep(
         spec=spec,
         source=source,
