@@ -41,7 +41,8 @@ def main() -> None:
     a = p.parse_args()
     configure_environment()
     os.environ.setdefault("AMBIENT_HOME", str(Path(".work/bench-home").resolve()))
-    d = Path(tempfile.mkdtemp(prefix="watch-bench-", dir=".work"))
+    Path(".work").mkdir(exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="watch-bench-", dir=".work")).resolve()
     n_eps = (a.shards + a.new) * a.episodes_per_shard
     clean, corrupt = maze.generate(maze.MazeEnv(), 20, n_eps, seed=0, clean_method="builtin")
     write_dataset(StorageRoot(str(d / "clean")), clean, "clean", "maze")
@@ -81,7 +82,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_pass(cfg, track=False, verbose=False)
         out[label] = {
-            "wall_s": round(time.perf_counter() - t0, 2),
+            "wall_s": round(time.perf_counter() - t0, 3),
             "status": res["status"],
             "shards_annotated": res["shards_annotated"],
             "rows_annotated": res["rows_annotated"],
