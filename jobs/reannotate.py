@@ -170,7 +170,9 @@ def _lineage(plan: Plan, root: StorageRoot) -> dict[str, Any]:
         ),
         "new": new,
         "changed": changed,
-        "removed": [_key(e["dataset"], e["input_key"]) for e in plan.removed],
+        # Gone from the source, or changed and not annotatable now (retried or quarantined):
+        # either way the old curves no longer describe the file, so the manifest drops them.
+        "removed": [_key(*k) for k in sorted(before) if k not in plan.done],
     }
 
 

@@ -322,6 +322,19 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     _land(src, "data/clash.parquet", world["spare"][3:5], first=500)
     res = run_pass(cfg, track=False, verbose=False)
     assert res["new_shards"] == ["rrt/data/clash.parquet"] and res["shards_quarantined"] == 2
+    # An annotated shard caught mid-rewrite leaves the manifest (its curves are stale) and is
+    # annotated again once the rewrite completes.
+    shard = tmp_path / "rrt" / "data" / "shard-00001.parquet"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:100])
+    res = run_pass(cfg, track=False, verbose=False)
+    assert res["removed_shards"] == ["rrt/data/shard-00001.parquet"]
+    assert res["retry_later"] == [
+        {"dataset": "rrt", "input_key": "data/shard-00001.parquet", "passes": 1}
+    ]
+    shard.write_bytes(original)
+    res = run_pass(cfg, track=False, verbose=False)
+    assert res["new_shards"] == ["rrt/data/shard-00001.parquet"]
 
 
 def test_a_second_watcher_is_kept_off_by_the_lease(
