@@ -196,6 +196,11 @@ class WatchConfig(_Strict):
     def _name(cls, v: str) -> str:
         return validate_name(v, "annotation name")
 
+    @field_validator("on_new_data", mode="before")
+    @classmethod
+    def _follow_up(cls, v: object) -> object:
+        return {"sweep": v} if isinstance(v, str) else v  # `on_new_data: sweeps/X.yaml`
+
     @field_validator("grid_levels")
     @classmethod
     def _grid(cls, v: list[int] | None) -> list[int] | None:

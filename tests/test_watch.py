@@ -174,7 +174,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         batch_size=32,
         track=False,
     )
-    return {"dir": d, "clf": res["dir"], "spare": corrupt[12:]}
+    return {"dir": d, "clf": res["dir"], "base": corrupt[:12], "spare": corrupt[12:]}
 
 
 def _cfg(source: str, clf: str, out: str, **kw: object) -> WatchConfig:
@@ -283,14 +283,21 @@ def _train_cfg(world: dict, source: str, annotation: str, version: int | None = 
     )
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
-    world: dict, ray_session: object, tmp_path: Path
+    world: dict, ray_session: object, tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
-    src = _copy_source(world, tmp_path / "rrt")
-    cfg = _cfg(src.uri, world["clf"], str(tmp_path / "ann"), quarantine_after=3)
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        base = f"s3://{bucket}"
+    else:
+        base = str(tmp_path)
+    src = StorageRoot(f"{base}/rrt")
+    write_dataset(src, world["base"], "rrt", "maze", shard_episodes=6)
+    cfg = _cfg(src.uri, world["clf"], f"{base}/ann", quarantine_after=3)
     run_pass(cfg, track=False, verbose=False)
     full = _land(src, "data/late.parquet", world["spare"][:3], first=300)
-    (tmp_path / "rrt" / "data" / "late.parquet").write_bytes(full[: len(full) // 2])  # mid-write
+    src.write_bytes("data/late.parquet", full[: len(full) // 2])  # a writer mid-file
     src.write_bytes("data/garbage.parquet", b"PAR1 not parquet at all")
     _land(src, "data/clash.parquet", world["spare"][3:5], first=4)  # episodes 4, 5 exist
     table = episodes_to_table(world["spare"][5:6], "rrt", first_episode_index=400)
@@ -304,14 +311,14 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     assert "overlaps data/shard-00000.parquet" in now["data/clash.parquet"]
     assert "lacks columns ['action']" in now["data/no-action.parquet"]
     # The writer finishes: the late shard is annotated on the next pass.
-    (tmp_path / "rrt" / "data" / "late.parquet").write_bytes(full)
+    src.write_bytes("data/late.parquet", full)
     res = run_pass(cfg, track=False, verbose=False)
     assert res["new_shards"] == ["rrt/data/late.parquet"] and res["shards_retry_later"] == 1
     # The garbage never changes: quarantined on its third pass, then left alone.
     res = run_pass(cfg, track=False, verbose=False)
     assert [q["input_key"] for q in res["quarantined_now"]] == ["data/garbage.parquet"]
     assert "unchanged for 3 passes" in res["quarantined_now"][0]["error"]
-    _, manifest = latest_manifest(StorageRoot(str(tmp_path / "ann")))
+    _, manifest = latest_manifest(StorageRoot(f"{base}/ann"))
     assert sorted(q["input_key"] for q in manifest["quarantined"]) == [
         "data/clash.parquet",
         "data/garbage.parquet",
@@ -324,15 +331,14 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     assert res["new_shards"] == ["rrt/data/clash.parquet"] and res["shards_quarantined"] == 2
     # An annotated shard caught mid-rewrite leaves the manifest (its curves are stale) and is
     # annotated again once the rewrite completes.
-    shard = tmp_path / "rrt" / "data" / "shard-00001.parquet"
-    original = shard.read_bytes()
-    shard.write_bytes(original[:100])
+    original = src.read_bytes("data/shard-00001.parquet")
+    src.write_bytes("data/shard-00001.parquet", original[:100])
     res = run_pass(cfg, track=False, verbose=False)
     assert res["removed_shards"] == ["rrt/data/shard-00001.parquet"]
     assert res["retry_later"] == [
         {"dataset": "rrt", "input_key": "data/shard-00001.parquet", "passes": 1}
     ]
-    shard.write_bytes(original)
+    src.write_bytes("data/shard-00001.parquet", original)
     res = run_pass(cfg, track=False, verbose=False)
     assert res["new_shards"] == ["rrt/data/shard-00001.parquet"]
 
