@@ -25,8 +25,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +36,11 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import INDEX_COLUMNS, DataError
 from orchestrator.settings import configure_environment, resolve_location
-from orchestrator.storage import StorageRoot, validate_name
+from orchestrator.storage import LeaseKeeper, StorageRoot, validate_name
 
 MANIFEST_DIR = "manifests"
+LEASE_KEY = "leases/watch.json"  # one writer per annotation root: `annotate` and `watch` alike
+LEASE_TTL_S = 600.0
 DONE_DIR = "done"
 SHARD_DIR = "shards"
 DEFAULT_GRID = tuple(range(0, 100, 3)) + (99,)
@@ -511,12 +511,67 @@ def annotate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Annotate every shard the latest manifest lacks; commit manifest v+1; return a summary."""
-    from orchestrator.tracking import RunTracker, resolve_tracking_uri
 
     configure_environment()
     settings = make_settings(classifier_dir, epochs, grid_levels, num_draws, seed)
     root = annotation_root(name, out)
+    owner = LeaseKeeper.new_owner()
+    with LeaseKeeper(root, LEASE_KEY, owner, LEASE_TTL_S) as lease:
+        if not lease.held:
+            holder = lease.holder()
+            raise RuntimeError(
+                f"annotation {root.uri} is being written by {holder.owner if holder else '?'} "
+                f"({LEASE_KEY}); wait for it to finish, or use another --name"
+            )
+        return _annotate(
+            datasets,
+            settings,
+            root,
+            lease,
+            owner,
+            obs_keys=obs_keys,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            skip_bad_shards=skip_bad_shards,
+            tau=tau,
+            ray_address=ray_address,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            name=name,
+            track=track,
+            verbose=verbose,
+        )
+
+
+def _annotate(
+    datasets: Sequence[str],
+    settings: AnnotationSettings,
+    root: StorageRoot,
+    lease: LeaseKeeper,
+    owner: str,
+    *,
+    obs_keys: Sequence[str],
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    skip_bad_shards: bool,
+    tau: float,
+    ray_address: str | None,
+    tracking_uri: str | None,
+    experiment: str,
+    name: str,
+    track: bool,
+    verbose: bool,
+) -> dict[str, Any]:
+    from orchestrator.tracking import RunTracker, resolve_tracking_uri
+
     plan = plan_annotation(datasets, settings, root)
+    if plan.manifest is not None and plan.manifest.get("trigger") == "watch":
+        raise ValueError(
+            f"annotation {root.uri} is kept by `ambient watch` (it lists shards meta.json does "
+            "not name); run a watch pass (ambient watch --once) instead"
+        )
     columns = annotation_columns(obs_keys)
     skipped: list[dict[str, str]] = []
     readable = []
@@ -547,10 +602,10 @@ def annotate(
     )
     t0 = time.perf_counter()
     rows_done = 0
-    owner = f"{socket.gethostname()}-{os.getpid()}"
 
     def on_shard(inp: _Input, table: pa.Table | None, error: str | None) -> None:
         nonlocal rows_done
+        lease.check()
         if table is None:
             if not skip_bad_shards:
                 raise DataError(f"shard {inp.uri}: {error}")
@@ -575,6 +630,7 @@ def annotate(
             verbose=verbose,
         )
         wall = time.perf_counter() - t0
+        lease.check()
         manifest, digest = commit_manifest(plan, skipped)
         skipped_keys = {s["input_key"] for s in skipped}
         summary = {

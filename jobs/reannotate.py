@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ import pyarrow as pa
 from ambient_core.data import DataError
 from jobs.annotate import (
     DEFAULT_GRID,
+    LEASE_KEY,
     MANIFEST_DIR,
     Plan,
     _Input,
@@ -53,7 +51,6 @@ from orchestrator.settings import configure_environment
 from orchestrator.storage import LeaseKeeper, StorageRoot
 from orchestrator.watch_config import WatchConfig, load_watch_config
 
-LEASE_KEY = "leases/watch.json"
 STATE_KEY = "watch/state.json"
 
 
@@ -197,7 +194,7 @@ def run_pass(
         cfg.seed,
     )
     root = annotation_root(cfg.name, cfg.out)
-    owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owner = owner or LeaseKeeper.new_owner()
     with LeaseKeeper(root, LEASE_KEY, owner, cfg.lease_ttl_s) as lease:
         if not lease.held:
             holder = lease.holder()

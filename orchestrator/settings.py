@@ -21,7 +21,10 @@ def ambient_home() -> Path:
 
 
 def configure_environment() -> None:
-    """No telemetry, Ray on loopback without token auth, matplotlib cache inside the project."""
+    """No telemetry, Ray on loopback without token auth (unless a token is given: then the
+    Jobs API client sends it), matplotlib cache inside the project."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("MPLCONFIGDIR", str(ambient_home() / "mpl"))

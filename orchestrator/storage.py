@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -917,11 +918,38 @@ class LeaseKeeper:
         self.root, self.key, self.owner, self.ttl_s = root, key, owner, float(ttl_s)
         self.held = False
         self._lost: str | None = None
+        self._renewed = 0.0  # monotonic time of the last successful acquire or renewal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @staticmethod
+    def new_owner() -> str:
+        """``host/pid/nonce``: unique per holder, and tells a later process on the same host
+        whether the holder is still alive."""
+        return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+    def _holder_died_here(self) -> bool:
+        """True when the lease's holder was a process on this host that no longer exists
+        (killed with -9, say): its lease need not be waited out."""
+        holder = self.root.read_lease(self.key)
+        parts = holder.owner.split("/") if holder else []
+        if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+            return False
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return self.root.release_lease(self.key, holder.owner)  # type: ignore[union-attr]
+        except PermissionError:
+            return False
+        return False
+
     def __enter__(self) -> LeaseKeeper:
+        start = time.monotonic()
         self.held = self.root.acquire_lease(self.key, self.owner, self.ttl_s)
+        if not self.held and self._holder_died_here():
+            start = time.monotonic()
+            self.held = self.root.acquire_lease(self.key, self.owner, self.ttl_s)
+        self._renewed = start
         if self.held:
             self._thread = threading.Thread(target=self._renew, name="lease-renew", daemon=True)
             self._thread.start()
@@ -929,16 +957,21 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
+            start = time.monotonic()
             try:
                 if not self.root.acquire_lease(self.key, self.owner, self.ttl_s):
                     holder = self.root.read_lease(self.key)
                     self._lost = f"taken over by {holder.owner if holder else 'nobody'}"
                     return
+                self._renewed = start
             except (OSError, ValueError):  # a storage hiccup: try again next period
                 continue
 
     def check(self) -> None:
-        """Raise LeaseLost if another owner holds the lease now."""
+        """Raise LeaseLost if another owner holds the lease now, or may: renewals failed for
+        so long that the lease could have expired (90% of its TTL, for clock slack)."""
+        if self._lost is None and time.monotonic() - self._renewed > 0.9 * self.ttl_s:
+            self._lost = f"not renewed for {time.monotonic() - self._renewed:.0f} s"
         if self._lost is not None:
             raise LeaseLost(f"lease {self.root.uri_for(self.key)} lost: {self._lost}")
 

@@ -62,6 +62,17 @@ def code_version(working_dir: Path) -> str:
             check=True,
             timeout=30,
         ).stdout
+        # Untracked, not ignored files travel with the job too (a new sweep YAML, say).
+        untracked = subprocess.run(
+            ["git", "-C", str(working_dir), "ls-files", "-z", "-o", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        for name in sorted(n for n in untracked.split(b"\0") if n):
+            path = working_dir / name.decode()
+            if path.is_file():
+                diff += name + b"\0" + path.read_bytes()
     except (OSError, subprocess.SubprocessError):
         h = hashlib.sha256()
         for p in sorted(working_dir.rglob("*.py")) + sorted(working_dir.rglob("*.yaml")):
@@ -93,6 +104,9 @@ class Submission:
         if args[0] in _NOT_ON_A_CLUSTER:
             raise SubmitError(f"`ambient {args[0]}` is not a job to run on a cluster")
         env = check_env(env)
+        for arg in args:
+            if "://" in arg and urlsplit(arg.split("=", 1)[-1]).password:
+                raise SubmitError(f"{arg!r} embeds a password; use the cluster's environment")
         runtime_env = {
             "working_dir": str(working_dir),
             "excludes": EXCLUDES,
@@ -103,6 +117,10 @@ class Submission:
                 {"args": list(args), "env": env, "code": code_version(working_dir)},
                 sort_keys=True,
             )
+            if args[0] == "watch":
+                # A watch pass is meant to run again: one id per UTC minute, so a cron that
+                # fires twice in a minute submits once, and the next slot runs anew.
+                blob += time.strftime("%Y%m%d%H%M", time.gmtime())
             words = [a for a in args if not a.startswith("-")][:2]
             slug = re.sub(r"[^a-z0-9]+", "-", "-".join(words).lower()).strip("-")[:40]
             submission_id = f"ambient-{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
@@ -128,7 +146,7 @@ class JobClient:
         try:
             return str(self.client.get_job_status(submission_id).value)
         except RuntimeError as exc:
-            if "does not exist" in str(exc) or "404" in str(exc):
+            if "does not exist" in str(exc) or "status code 404" in str(exc):
                 return None
             raise
 
@@ -160,6 +178,8 @@ class JobClient:
                 )
                 return sid, True
             except RuntimeError as exc:
+                if "already exists" in str(exc):  # an identical submit won the race
+                    return sid, False
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(2.0)
@@ -181,7 +201,9 @@ class JobClient:
         shown = 0
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            status = self.status(submission_id) or "UNKNOWN"
+            status = self.status(submission_id)
+            if status is None:  # deleted, or the cluster was replaced
+                return "UNKNOWN"
             text = self.logs(submission_id)
             if len(text) > shown:
                 echo(text[shown:].rstrip("\n"))

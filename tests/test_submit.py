@@ -98,6 +98,12 @@ def cluster() -> Iterator[str]:
             f"--dashboard-port={dash}",
             "--include-dashboard=true",
             "--num-cpus=2",
+            # Every fixed default port, so this cluster never collides with the session's Ray.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={tmp}",
             "--disable-usage-stats",
         ],

@@ -141,6 +141,11 @@ def test_lease_keeper_renews_and_notices_takeover(tmp_path: Path) -> None:
         else:
             pytest.fail("the lease keeper never noticed the takeover")
     assert root.read_lease("l.json").owner == "b"  # a did not release b's lease
+    with LeaseKeeper(root, "m.json", "c", ttl_s=0.3) as c:
+        c._stop.set()  # renewals stop (storage unreachable, process stalled)
+        time.sleep(0.35)
+        with pytest.raises(LeaseLost, match="not renewed"):
+            c.check()  # it may have expired: stop before writing on top of a successor
 
 
 # ------------------------------------------------------------------------------ passes
@@ -410,9 +415,10 @@ def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
         proc.wait(timeout=30)
     markers = ann.list("done/")
     assert markers and latest_manifest(ann) == (0, None)
-    # The dead watcher's lease still stands until its TTL runs out: nobody else may start.
-    assert run_pass(cfg, track=False, verbose=False)["status"] == "busy"
-    time.sleep(4.5)
+    # The dead watcher's lease still stands; its holder was a process on this host that no
+    # longer exists, so the next pass takes it over at once instead of waiting out the TTL.
+    dead = ann.read_lease(LEASE_KEY)
+    assert dead is not None and not dead.expired() and dead.owner.split("/")[1] == str(proc.pid)
     res = run_pass(cfg, track=False, verbose=False)
     assert res["status"] == "committed" and res["shards_resumed"] == len(markers)
     assert res["shards_resumed"] + res["shards_annotated"] == n
