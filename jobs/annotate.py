@@ -117,7 +117,10 @@ class CurveAnnotator:
             except (pa.ArrowInvalid, OSError) as exc:
                 tables.append(_error_row(path, f"cannot read: {exc}", self.s.epochs))
                 continue
-            tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
+            try:
+                tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
+            except Exception as exc:  # a bad shard must be reported, not kill the pipeline
+                tables.append(_error_row(path, f"{type(exc).__name__}: {exc}", self.s.epochs))
         return pa.concat_tables(tables) if tables else _empty(self.s.epochs)
 
     def annotate_table(self, block: pa.Table) -> pa.Table:
@@ -209,8 +212,7 @@ class _Input:
 
     @property
     def out_key(self) -> str:
-        stem = self.key.removeprefix("data/").removesuffix(".parquet").replace("/", "--")
-        return f"{SHARD_DIR}/{self.dataset}/{stem}.parquet"
+        return f"{SHARD_DIR}/{self.dataset}/{self.key.removeprefix('data/')}"
 
     @property
     def marker_key(self) -> str:
@@ -370,6 +372,8 @@ def check_shard(inp: _Input, columns: Sequence[str], episodes: bool = False) -> 
             ep = pq.read_table(path, filesystem=fs, columns=["episode_index"]).column(0)
         except (pa.ArrowInvalid, OSError) as exc:
             return ShardCheck(f"shard {inp.uri} is not readable Parquet: {exc}", retryable=True)
+        if ep.null_count:
+            return ShardCheck(f"shard {inp.uri}: episode_index has {ep.null_count} nulls")
         lo, hi = pa.compute.min_max(ep).values()
         span = (int(lo.as_py()), int(hi.as_py()))
     return ShardCheck(None, episodes=span)

@@ -208,19 +208,30 @@ def run_pass(
             cfg, root, settings, lease, owner, tracking_uri, ray_address, track, verbose
         )
         if cfg.on_new_data is not None:
-            # Derived from the committed manifest, not remembered: a crash between the commit
-            # and the sweep leaves the follow-up due, and the next pass runs (or resumes) it.
-            state = _read_state(root)
-            version, manifest = latest_manifest(root)
-            lineage = (manifest or {}).get("lineage") or {}
-            if (lineage.get("new") or lineage.get("changed")) and version > int(
-                state.get("follow_up_done", 0)
-            ):
+            due = _follow_up_due(root)
+            if due is not None:
                 lease.check()
-                summary["follow_up"] = (run_follow_up or follow_up_sweep)(cfg, version, root)
-                state["follow_up_done"] = version
+                summary["follow_up"] = (run_follow_up or follow_up_sweep)(cfg, due, root)
+                state = _read_state(root)
+                state["follow_up_done"] = due
                 root.write_json(STATE_KEY, state)
         return summary
+
+
+def _follow_up_due(root: StorageRoot) -> int | None:
+    """The latest version, if any version since the last follow-up added or changed shards.
+
+    Derived from the committed manifests, not remembered: a crash between a commit and its
+    sweep leaves the follow-up due, and the next pass runs (or resumes) it, pinned to the
+    newest version, which holds everything the missed ones did.
+    """
+    done = int(_read_state(root).get("follow_up_done", 0))
+    version, _ = latest_manifest(root)
+    for v in range(version, done, -1):
+        lineage = root.read_json(f"{MANIFEST_DIR}/v{v}.json").get("lineage") or {}
+        if lineage.get("new") or lineage.get("changed"):
+            return version
+    return None
 
 
 def _read_state(root: StorageRoot) -> dict[str, Any]:
@@ -238,7 +249,6 @@ def _pass(
     track: bool,
     verbose: bool,
 ) -> dict[str, Any]:
-    from orchestrator.tracking import RunTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
     plan = plan_annotation(cfg.sources, settings, root, discover=True)
@@ -302,56 +312,91 @@ def _pass(
     }
     if not changed:
         root.write_json(STATE_KEY, state)
-        return {"status": "up-to-date", "version": plan.version, **base}
-    lease.check()
-    manifest, digest = commit_manifest(
-        plan, [], {"quarantined": quarantined, "lineage": lineage, "trigger": "watch"}
-    )
-    root.write_json(STATE_KEY, state)
-    wall = time.perf_counter() - t0
-    summary = {
-        "status": "committed",
-        "version": manifest["version"],
-        "manifest_digest": digest,
-        **base,
-        "new_shards": lineage["new"],
-        "changed_shards": lineage["changed"],
-        "removed_shards": lineage["removed"],
-        "rows_per_s": rows_done / wall if wall > 0 else 0.0,
-        "wall_s": wall,
-    }
-    if verbose:
-        for q in triage.new_quarantine:
-            print(f"[watch] QUARANTINED {q['dataset']}/{q['input_key']}: {q['error']}", flush=True)
-    if track:
-        tracker = RunTracker.start(
-            resolve_tracking_uri(tracking_uri),
-            cfg.experiment,
-            f"reannotate-{cfg.name}-v{manifest['version']}",
-            tags={
-                "kind": "annotation",
-                "ambient.trigger": "watch",
-                "ambient.manifest_version": str(manifest["version"]),
-                "ambient.previous_manifest": lineage["previous_manifest"] or "",
-            },
+        summary = {"status": "up-to-date", "version": plan.version, **base}
+    else:
+        lease.check()
+        manifest, digest = commit_manifest(
+            plan, [], {"quarantined": quarantined, "lineage": lineage, "trigger": "watch"}
         )
-        with tracker.active():
-            metrics = {k: v for k, v in summary.items() if isinstance(v, int | float)}
-            metrics["shards_new"] = len(lineage["new"])
-            metrics["shards_changed"] = len(lineage["changed"])
-            metrics["shards_removed"] = len(lineage["removed"])
-            log_annotation(tracker, root, manifest, digest, metrics, settings, cfg.tau)
-            if plan.version:
-                prev = plan.manifest or {}
-                tracker.log_dataset(
-                    f"annotation-v{plan.version}",
-                    _digest_of(prev),
-                    lineage["previous_manifest"],
-                    "previous",
-                )
-            tracker.log_dict({**lineage, "quarantined_detail": quarantined}, "lineage.json")
-        summary["run_id"] = tracker.run_id
+        root.write_json(STATE_KEY, state)
+        wall = time.perf_counter() - t0
+        summary = {
+            "status": "committed",
+            "version": manifest["version"],
+            "manifest_digest": digest,
+            **base,
+            "new_shards": lineage["new"],
+            "changed_shards": lineage["changed"],
+            "removed_shards": lineage["removed"],
+            "rows_per_s": rows_done / wall if wall > 0 else 0.0,
+            "wall_s": wall,
+        }
+        if verbose:
+            for q in triage.new_quarantine:
+                print(f"[watch] QUARANTINED {q['dataset']}/{q['input_key']}: {q['error']}")
+    if track:
+        run_id = _log_unlogged(cfg, root, settings, summary, tracking_uri)
+        if run_id is not None:
+            summary["run_id"] = run_id
     return summary
+
+
+def _log_unlogged(
+    cfg: WatchConfig,
+    root: StorageRoot,
+    settings: Any,
+    summary: dict[str, Any],
+    tracking_uri: str | None,
+) -> str | None:
+    """Log the MLflow run of the latest watch manifest unless it was logged already.
+
+    Remembered in the state only after the run is complete, so a pass that committed but
+    died (or found MLflow down) before logging leaves the run to the next pass.
+    """
+    from orchestrator.tracking import RunTracker, resolve_tracking_uri
+
+    state = _read_state(root)
+    version, manifest = latest_manifest(root)
+    if manifest is None or manifest.get("trigger") != "watch":
+        return None
+    if version <= int(state.get("logged_version", 0)):
+        return None
+    lineage = manifest["lineage"]
+    digest = _digest_of(manifest)
+    tracker = RunTracker.start(
+        resolve_tracking_uri(tracking_uri),
+        cfg.experiment,
+        f"reannotate-{cfg.name}-v{version}",
+        tags={
+            "kind": "annotation",
+            "ambient.trigger": "watch",
+            "ambient.manifest_version": str(version),
+            "ambient.previous_manifest": lineage["previous_manifest"] or "",
+        },
+    )
+    with tracker.active():
+        metrics = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+        if summary.get("version") != version:  # catching up: this pass did not commit it
+            metrics = {}
+        metrics["shards_new"] = len(lineage["new"])
+        metrics["shards_changed"] = len(lineage["changed"])
+        metrics["shards_removed"] = len(lineage["removed"])
+        metrics["shards_quarantined"] = len(manifest.get("quarantined", []))
+        log_annotation(tracker, root, manifest, digest, metrics, settings, cfg.tau)
+        if manifest.get("previous"):
+            prev_key = f"{MANIFEST_DIR}/v{manifest['previous']}.json"
+            tracker.log_dataset(
+                f"annotation-v{manifest['previous']}",
+                _digest_of(root.read_json(prev_key)),
+                lineage["previous_manifest"],
+                "previous",
+            )
+        tracker.log_dict(
+            {**lineage, "quarantined_detail": manifest.get("quarantined", [])}, "lineage.json"
+        )
+    state["logged_version"] = version
+    root.write_json(STATE_KEY, state)
+    return str(tracker.run_id)
 
 
 def _digest_of(manifest: dict[str, Any]) -> str:

@@ -487,3 +487,21 @@ def test_follow_up_sweep_runs_once_pinned_to_the_new_version(
     assert trials[0].data.params["data.corrupt.0.annotation.version"] == "1"
     again = run_pass(cfg, tracking_uri=uri, verbose=False)
     assert again["status"] == "up-to-date" and "follow_up" not in again
+
+
+def test_a_run_mlflow_missed_is_logged_by_the_next_pass(
+    world: dict, ray_session: object, tmp_path: Path
+) -> None:
+    src = _copy_source(world, tmp_path / "rrt")
+    cfg = _cfg(src.uri, world["clf"], str(tmp_path / "ann"))
+    (tmp_path / "not-a-dir").write_text("")  # the store cannot be created under a file
+    with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises for a dead store
+        run_pass(cfg, tracking_uri=f"sqlite:///{tmp_path}/not-a-dir/db.sqlite", verbose=False)
+    assert latest_manifest(StorageRoot(str(tmp_path / "ann")))[0] == 1  # committed first
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_pass(cfg, tracking_uri=uri, verbose=False)
+    assert res["status"] == "up-to-date" and res["run_id"]
+    run = MlflowClient(uri).get_run(res["run_id"])
+    assert run.data.tags["ambient.manifest_version"] == "1"
+    assert run.data.metrics["shards_new"] == 2
+    assert "run_id" not in run_pass(cfg, tracking_uri=uri, verbose=False)  # logged once
