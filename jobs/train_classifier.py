@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ambient_core._io import atomic_directory
 from ambient_core.classifier import (
     CLASSIFIER_FILE,
     CLASSIFIER_META,
@@ -50,24 +51,37 @@ def _cache_dir(uri: str) -> Path:
 def local_epoch_dir(classifier: str, epoch: int) -> Path:
     """A local directory holding ``epoch`` of a classifier run given as a path or an s3:// URI.
 
-    S3 runs are downloaded once per node into the cache (weights first, classifier.json last,
-    as training uploads them), so every annotation actor on a cluster can load them.
+    S3 runs are downloaded once per node and version into the cache (keyed by the objects'
+    ETags, so a retrained classifier is fetched anew); concurrent actors on one node each
+    download and the first rename wins.
     """
     if "://" not in classifier:
         return epoch_dir(classifier, epoch)
-    local = epoch_dir(_cache_dir(classifier), epoch)
-    if (local / CLASSIFIER_META).exists():
-        return local
     remote = StorageRoot(classifier)
-    key = f"epoch_{epoch}/{CLASSIFIER_META}"
-    if not remote.exists(key):
+    objects = {i.key.rsplit("/", 1)[-1]: i for i in remote.list(f"epoch_{epoch}/")}
+    if CLASSIFIER_META not in objects or CLASSIFIER_FILE not in objects:
         have = sorted({i.key.split("/")[0] for i in remote.list("epoch_")})
         raise FileNotFoundError(
             f"classifier epoch {epoch} not found under {classifier}; has {have}"
         )
-    with atomic_directory(local) as tmp:
+    tag = hashlib.sha256(
+        "".join(objects[n].etag_or_mtime for n in (CLASSIFIER_FILE, CLASSIFIER_META)).encode()
+    ).hexdigest()[:12]
+    local = _cache_dir(classifier) / f"epoch_{epoch}-{tag}"
+    if (local / CLASSIFIER_META).exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
+    try:
         for name in (CLASSIFIER_FILE, CLASSIFIER_META):
             (tmp / name).write_bytes(remote.read_bytes(f"epoch_{epoch}/{name}"))
+        try:
+            tmp.rename(local)
+        except OSError:  # another actor on this node renamed its copy first
+            if not (local / CLASSIFIER_META).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return local
 
 

@@ -150,16 +150,21 @@ def test_every_ambient_command_in_infra_exists_with_its_files(path: Path, args: 
         assert name is not None and name in cmd.commands, f"{path}: no command {args}"
         rest = rest[rest.index(name) + 1 :]
         cmd = cmd.commands[name]
+    # Strict parsing: a misspelled or removed flag, or a missing required one, fails here.
+    rest = [re.sub(r"<[^>]*>", "x", a) for a in rest]
+    try:
+        sub = cmd.make_context(cmd.name, rest, parent=ctx)
+    except click.UsageError as exc:
+        pytest.fail(f"{path}: `ambient {' '.join(args)}`: {exc.format_message()}")
     if cmd.name == "submit":
-        rest = rest[rest.index("--") + 1 :] if "--" in rest else []
-        assert rest, f"{path}: submit without a command"
-        return test_every_ambient_command_in_infra_exists_with_its_files(path, rest)
-    rest = [a for a in rest if not a.startswith("<") and "<" not in a]
-    sub = cmd.make_context(cmd.name, rest, parent=ctx, resilient_parsing=True)
+        inner = list(sub.params["command"])
+        assert inner, f"{path}: submit without a command"
+        return test_every_ambient_command_in_infra_exists_with_its_files(path, inner)
     for key in ("config_path", "spec"):
         value = sub.params.get(key)
         if value:
             assert (ROOT / value).is_file(), f"{path}: {' '.join(args)} names missing {value}"
+    return None
 
 
 def test_manifest_config_files_and_modules_exist() -> None:
@@ -196,7 +201,10 @@ def test_mlflow_server_postgres_s3_proxied_and_allowed_hosts() -> None:
     def arg(flag: str) -> str:
         return str(args[args.index(flag) + 1])
 
-    assert arg("--backend-store-uri").startswith("postgresql")
+    env = {e["name"]: e for e in c["env"]}
+    assert "--backend-store-uri" not in args  # the URI holds the password: env, not argv
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql")
+    assert "secretKeyRef" in env["MLFLOW_DB_PASSWORD"]["valueFrom"]
     assert arg("--artifacts-destination").startswith("s3://")
     assert arg("--default-artifact-root") == "mlflow-artifacts:/" and "--serve-artifacts" in args
     hosts = arg("--allowed-hosts").split(",")
