@@ -253,6 +253,11 @@ class Plan:
     discover: bool
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The content digest a manifest is known by (MLflow inputs, lineage)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def latest_manifest(root: StorageRoot) -> tuple[int, dict[str, Any] | None]:
     """(version, manifest) of the newest committed manifest, (0, None) when there is none."""
     versions = []
@@ -479,7 +484,6 @@ def commit_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    blob = json.dumps(new, sort_keys=True).encode()
     key = f"{MANIFEST_DIR}/v{version}.json"
     if not plan.root.write_json_if_absent(key, new):
         raise RuntimeError(
@@ -489,7 +493,7 @@ def commit_manifest(
     for inp in plan.inputs:
         if inp.id in plan.done and plan.root.exists(inp.marker_key):
             plan.root.delete(inp.marker_key)
-    return new, hashlib.sha256(blob).hexdigest()
+    return new, manifest_digest(new)
 
 
 def annotate(

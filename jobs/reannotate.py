@@ -45,6 +45,7 @@ from jobs.annotate import (
     latest_manifest,
     log_annotation,
     make_settings,
+    manifest_digest,
     plan_annotation,
 )
 from orchestrator.settings import configure_environment
@@ -362,7 +363,7 @@ def _log_unlogged(
     if version <= int(state.get("logged_version", 0)):
         return None
     lineage = manifest["lineage"]
-    digest = _digest_of(manifest)
+    digest = manifest_digest(manifest)
     tracker = RunTracker.start(
         resolve_tracking_uri(tracking_uri),
         cfg.experiment,
@@ -387,7 +388,7 @@ def _log_unlogged(
             prev_key = f"{MANIFEST_DIR}/v{manifest['previous']}.json"
             tracker.log_dataset(
                 f"annotation-v{manifest['previous']}",
-                _digest_of(root.read_json(prev_key)),
+                manifest_digest(root.read_json(prev_key)),
                 lineage["previous_manifest"],
                 "previous",
             )
@@ -397,12 +398,6 @@ def _log_unlogged(
     state["logged_version"] = version
     root.write_json(STATE_KEY, state)
     return str(tracker.run_id)
-
-
-def _digest_of(manifest: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def follow_up_sweep(cfg: WatchConfig, version: int, root: StorageRoot) -> dict[str, Any]:

@@ -8,7 +8,6 @@ and final evaluation metrics, a rollout plot, the sampler plot, config and check
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -242,7 +241,7 @@ def annotated_sigma_min(
 
     A chunk is matched to the annotated row of its current frame (start + T_o - 1).
     """
-    from jobs.annotate import MANIFEST_DIR, curve_column, read_curves
+    from jobs.annotate import MANIFEST_DIR, curve_column, manifest_digest, read_curves
 
     root, version, manifest = load_annotation(ann)
     name = ann.dataset or dataset
@@ -276,7 +275,7 @@ def annotated_sigma_min(
         smoothing=ann.smoothing,
         seed=seed,
     )
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    digest = manifest_digest(manifest)
     info = {
         "uri": f"{root.uri}/{MANIFEST_DIR}/v{version}.json",
         "digest": digest,
