@@ -24,11 +24,11 @@ import psutil
 import pyarrow.parquet as pq
 
 from ambient_core.envs import maze
+from ambient_platform.datasets import read_meta, write_dataset
+from ambient_platform.ray_runtime import ensure_ray
+from ambient_platform.storage import StorageRoot
 from jobs.annotate import AnnotationSettings, CurveAnnotator, annotate
-from jobs.datasets import read_meta, write_dataset
 from jobs.train_classifier import run_classifier_training
-from orchestrator.ray_runtime import ensure_ray
-from orchestrator.storage import StorageRoot
 
 GRID = list(range(0, 100, 10)) + [99]
 

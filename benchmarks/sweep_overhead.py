@@ -1,9 +1,9 @@
 """Sweep overhead: how much of a sweep's wall time its trials spend on their own work. Prints JSON.
 
 Real trials (sweeps/smoke.yaml: tiny bin-sorting policy, 3 evaluation rounds, one torch thread,
-no early stopping) run through ``jobs.sweep.run_sweep`` with ``train.steps`` calibrated on this
-machine so one trial computes about ``--short`` and ``--long`` seconds, with and without actor
-reuse, each variant on a fresh local Ray instance.
+no early stopping) run through ``orchestrator.sweep.run_sweep`` with ``train.steps`` calibrated
+on this machine so one trial computes about ``--short`` and ``--long`` seconds, with and without
+actor reuse, each variant on a fresh local Ray instance.
 
 - trial compute = training loop with its round evaluations + final evaluation, measured in the
   trial itself (MLflow metric timestamps of its child run), so process start, imports, data
@@ -36,9 +36,9 @@ def _calibrate(spec_overrides: list[str]) -> tuple[float, float]:
     """Seconds of one tiny trial as a + b * steps (in-process, untracked, one thread)."""
     import torch
 
+    from ambient_platform.config import RunConfig
+    from ambient_platform.sweep_config import load_sweep
     from jobs.train import _ensure_generated, run_training
-    from orchestrator.config import RunConfig
-    from orchestrator.sweep_config import load_sweep
 
     torch.set_num_threads(1)
     sweep = load_sweep(SPEC, spec_overrides)
@@ -61,8 +61,8 @@ def _variant(
 ) -> dict[str, float]:
     from mlflow import MlflowClient
 
-    from jobs.sweep import run_sweep
-    from orchestrator.ray_runtime import ensure_ray
+    from ambient_platform.ray_runtime import ensure_ray
+    from orchestrator.sweep import run_sweep
 
     lrs = [3e-3 * (0.9**i) for i in range(trials)]  # distinct configs, same cost
     overrides = [
@@ -143,7 +143,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="sweep-bench-", dir=ROOT / ".work"))
     os.environ["AMBIENT_HOME"] = str(home)
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rsb-", dir="/tmp"))
-    from orchestrator.settings import configure_environment
+    from ambient_platform.settings import configure_environment
 
     configure_environment()
     a0, b = _calibrate([])

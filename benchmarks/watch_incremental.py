@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import episodes_to_table
 from ambient_core.envs import maze
-from jobs.datasets import write_dataset
+from ambient_platform.datasets import write_dataset
+from ambient_platform.ray_runtime import ensure_ray
+from ambient_platform.settings import configure_environment
+from ambient_platform.storage import StorageRoot
+from ambient_platform.watch_config import WatchConfig
 from jobs.reannotate import run_pass
 from jobs.train_classifier import run_classifier_training
-from orchestrator.ray_runtime import ensure_ray
-from orchestrator.settings import configure_environment
-from orchestrator.storage import StorageRoot
-from orchestrator.watch_config import WatchConfig
 
 GRID = list(range(0, 100, 10)) + [99]
 

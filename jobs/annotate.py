@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ambient_core.data import INDEX_COLUMNS, DataError
-from orchestrator.settings import configure_environment, resolve_location
-from orchestrator.storage import LeaseKeeper, StorageRoot, validate_name
+from ambient_platform.settings import configure_environment, resolve_location
+from ambient_platform.storage import LeaseKeeper, StorageRoot, validate_name
 
 MANIFEST_DIR = "manifests"
 LEASE_KEY = "leases/watch.json"  # one writer per annotation root: `annotate` and `watch` alike
@@ -276,7 +276,7 @@ def _list_inputs(
 ) -> tuple[list[_Input], dict[str, dict[str, Any]]]:
     """Shards of each dataset: those meta.json names, or (``discover``) every ``data/*.parquet``
     file listed now, so shards that land after meta.json was written are seen too."""
-    from jobs.datasets import read_meta
+    from ambient_platform.datasets import read_meta
 
     inputs, meta_by_name = [], {}
     for uri in datasets:
@@ -402,7 +402,7 @@ def execute(
 ) -> None:
     """Score ``shards`` on a Ray Data actor pool; ``on_shard(input, table, error)`` is called
     in the driver once per shard, as soon as all of its rows (or its error) have arrived."""
-    from orchestrator.ray_runtime import ensure_ray
+    from ambient_platform.ray_runtime import ensure_ray
 
     if not shards:
         return
@@ -572,7 +572,7 @@ def _annotate(
     track: bool,
     verbose: bool,
 ) -> dict[str, Any]:
-    from orchestrator.tracking import RunTracker, resolve_tracking_uri
+    from ambient_platform.tracking import RunTracker, resolve_tracking_uri
 
     plan = plan_annotation(datasets, settings, root)
     if plan.manifest is not None and plan.manifest.get("trigger") == "watch":
@@ -770,7 +770,7 @@ def log_annotation(
     tau: float,
 ) -> None:
     from ambient_core.classifier import derive_sigma_min, plot_sigma_min_hist
-    from orchestrator.tracking import scratch_dir
+    from ambient_platform.tracking import scratch_dir
 
     tracker.log_params(
         {

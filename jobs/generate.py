@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from ambient_core.envs.registry import get_task
-from jobs.datasets import write_dataset
-from orchestrator.storage import StorageRoot
+from ambient_platform.datasets import write_dataset
+from ambient_platform.storage import StorageRoot
 
 
 def generate(

@@ -1,8 +1,8 @@
 """Import LeRobot (v2.x, v3.0) datasets and diffusion_policy zarr replay buffers.
 
 Why: most public low-dim demonstrations ship in one of these two layouts, and the platform only
-trains on its own (Parquet shards + meta.json, see ``jobs.datasets``). Importers map THEIR
-columns onto OUR feature names, flatten every feature to (L, D) float32, reject what training
+trains on its own (Parquet shards + meta.json, see ``ambient_platform.datasets``). Importers map
+THEIR columns onto OUR feature names, flatten every feature to (L, D) float32, reject what training
 would silently choke on (missing columns, NaN/inf, frame gaps, truncated downloads) with a
 message naming the file, column and episode, re-index episodes to 0..E-1 (the original ids are
 kept in meta.json as ``source_episode_index``) and then write through ``write_dataset``.
@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import INDEX_COLUMNS, DataError, episode_bounds
 from ambient_core.envs.base import Episode
-from jobs.datasets import META_FILE, write_dataset
-from orchestrator.storage import StorageRoot, validate_name
+from ambient_platform.datasets import META_FILE, write_dataset
+from ambient_platform.storage import StorageRoot, validate_name
 
 __all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "import_zarr", "main", "parse_mapping"]
 

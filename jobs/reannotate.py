@@ -24,12 +24,14 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from ambient_core.data import DataError
+from ambient_platform.settings import configure_environment
+from ambient_platform.storage import LeaseKeeper, StorageRoot
+from ambient_platform.watch_config import WatchConfig, load_watch_config
 from jobs.annotate import (
     DEFAULT_GRID,
     LEASE_KEY,
@@ -48,9 +50,6 @@ from jobs.annotate import (
     manifest_digest,
     plan_annotation,
 )
-from orchestrator.settings import configure_environment
-from orchestrator.storage import LeaseKeeper, StorageRoot
-from orchestrator.watch_config import WatchConfig, load_watch_config
 
 STATE_KEY = "watch/state.json"
 
@@ -208,11 +207,11 @@ def run_pass(
         summary = _pass(
             cfg, root, settings, lease, owner, tracking_uri, ray_address, track, verbose
         )
-        if cfg.on_new_data is not None:
+        if cfg.on_new_data is not None and run_follow_up is not None:
             due = _follow_up_due(root)
             if due is not None:
                 lease.check()
-                summary["follow_up"] = (run_follow_up or follow_up_sweep)(cfg, due, root)
+                summary["follow_up"] = run_follow_up(cfg, due, root)
                 state = _read_state(root)
                 state["follow_up_done"] = due
                 root.write_json(STATE_KEY, state)
@@ -354,7 +353,7 @@ def _log_unlogged(
     Remembered in the state only after the run is complete, so a pass that committed but
     died (or found MLflow down) before logging leaves the run to the next pass.
     """
-    from orchestrator.tracking import RunTracker, resolve_tracking_uri
+    from ambient_platform.tracking import RunTracker, resolve_tracking_uri
 
     state = _read_state(root)
     version, manifest = latest_manifest(root)
@@ -398,39 +397,6 @@ def _log_unlogged(
     state["logged_version"] = version
     root.write_json(STATE_KEY, state)
     return str(tracker.run_id)
-
-
-def follow_up_sweep(cfg: WatchConfig, version: int, root: StorageRoot) -> dict[str, Any]:
-    """Run ``on_new_data.sweep`` with every annotation reference to ``root`` pinned to
-    ``version``; the sweep is named after the spec, the annotation and the version, so a
-    follow-up interrupted by a crash resumes instead of starting twice."""
-    from jobs.sweep import run_sweep, sweep_started
-    from orchestrator.config import apply_overrides, load_yaml
-    from orchestrator.settings import resolve_location
-    from orchestrator.sweep_config import load_sweep
-
-    assert cfg.on_new_data is not None
-    spec = cfg.on_new_data.sweep
-    sets = [s.replace("{version}", str(version)) for s in cfg.on_new_data.set]
-    sweep = load_sweep(spec, sets)
-    pins = [
-        f"data.corrupt.{i}.annotation.version={version}"
-        for i, ref in enumerate(sweep.base["data"]["corrupt"])
-        if ref.get("annotation")
-        and StorageRoot(resolve_location(ref["annotation"]["path"])).uri == root.uri
-    ]
-    if not pins:
-        raise ValueError(
-            f"follow-up sweep {spec} reads no annotation at {root.uri}; point one of its "
-            "data.corrupt.N.annotation.path at it"
-        )
-    raw = load_yaml(spec)
-    apply_overrides(raw, sets)
-    sets.append("overrides=" + json.dumps([*raw.get("overrides", []), *pins]))
-    name = f"{Path(spec).stem}-{cfg.name}-v{version}"
-    resume = sweep_started(load_sweep(spec, sets, name=name))
-    res = run_sweep(spec, sets, name=name, resume=resume)
-    return {"sweep": name, "resumed": resume, **{k: res.get(k) for k in ("best", "counts")}}
 
 
 def main(argv: list[str] | None = None) -> None:

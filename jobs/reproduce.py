@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.config import RunConfig, load_run_config
-from orchestrator.settings import ambient_home, configure_environment
-from orchestrator.tracking import RunTracker, resolve_tracking_uri
+from ambient_platform.config import RunConfig, load_run_config
+from ambient_platform.settings import ambient_home, configure_environment
+from ambient_platform.tracking import RunTracker, resolve_tracking_uri
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "sweeps" / "train"
 

@@ -37,17 +37,17 @@ from ambient_core.train import (
     save_checkpoint,
     train,
 )
-from jobs.datasets import META_FILE, read_frames
-from jobs.generate import generate
-from orchestrator.config import AnnotationRef, DatasetRef, RunConfig, flatten, load_run_config
-from orchestrator.settings import (
+from ambient_platform.config import AnnotationRef, DatasetRef, RunConfig, flatten, load_run_config
+from ambient_platform.datasets import META_FILE, read_frames
+from ambient_platform.settings import (
     ambient_home,
     configure_environment,
     resolve_local,
     resolve_location,
 )
-from orchestrator.storage import StorageRoot
-from orchestrator.tracking import RunTracker, _retry, resolve_tracking_uri
+from ambient_platform.storage import StorageRoot
+from ambient_platform.tracking import RunTracker, _retry, resolve_tracking_uri
+from jobs.generate import generate
 
 
 @dataclass
@@ -211,7 +211,7 @@ def annotated_shards(ann: AnnotationRef, data: StorageRoot) -> tuple[list[str], 
     """The shard keys of a corrupt dataset that its annotation manifest names (readers trust
     only those: shards that landed later are not annotated yet); a shard that changed since
     it was annotated is an error, not a silent mismatch of curves and frames."""
-    from jobs.datasets import read_meta
+    from ambient_platform.datasets import read_meta
 
     root, version, manifest = load_annotation(ann)
     meta_name = read_meta(data).get("name") or data.uri.rstrip("/").rsplit("/", 1)[-1]

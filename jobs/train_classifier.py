@@ -30,10 +30,10 @@ from ambient_core.classifier import (
 )
 from ambient_core.data import ChunkDataset, ChunkSpec
 from ambient_core.policy import Normalizer
-from jobs.datasets import read_frames
-from orchestrator.settings import ambient_home, configure_environment, resolve_location
-from orchestrator.storage import StorageRoot, validate_name
-from orchestrator.tracking import RunTracker, resolve_tracking_uri
+from ambient_platform.datasets import read_frames
+from ambient_platform.settings import ambient_home, configure_environment, resolve_location
+from ambient_platform.storage import StorageRoot, validate_name
+from ambient_platform.tracking import RunTracker, resolve_tracking_uri
 
 RUN_FILE = "classifier_run.json"
 

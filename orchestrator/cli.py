@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from orchestrator.config import ConfigError
-from orchestrator.settings import configure_environment
+from ambient_platform.config import ConfigError
+from ambient_platform.settings import configure_environment
 
 
 def _fail(exc: Exception) -> None:
@@ -193,8 +193,8 @@ def train(
     config_path: str, overrides: tuple[str, ...], tracking_uri: str | None, no_track: bool
 ) -> None:
     """Train, evaluate and log one run from a config file."""
+    from ambient_platform.config import load_run_config
     from jobs.train import run_training
-    from orchestrator.config import load_run_config
 
     try:
         cfg = load_run_config(config_path, list(overrides))
@@ -470,7 +470,7 @@ _SWEEP_NAME = click.option("--name", help="Sweep name (default: spec name, else 
 
 
 def _load_sweep_or_fail(spec: str, overrides: tuple[str, ...], **kw: Any) -> Any:
-    from orchestrator.sweep_config import load_sweep
+    from ambient_platform.sweep_config import load_sweep
 
     try:
         return load_sweep(spec, list(overrides), **kw)
@@ -489,7 +489,7 @@ def sweep_validate(spec: str, overrides: tuple[str, ...]) -> None:
 
 
 def _sweep_run(spec: str, overrides: tuple[str, ...], resume: bool, **kw: Any) -> None:
-    from jobs.sweep import SweepError, run_sweep
+    from orchestrator.sweep import SweepError, run_sweep
 
     _load_sweep_or_fail(spec, overrides, storage_path=kw["storage_path"], name=kw["name"])
     try:
@@ -568,7 +568,7 @@ def sweep_status_cmd(
     as_json: bool,
 ) -> None:
     """Trial states of the sweep of SPEC (also while it runs) and its parent run's status."""
-    from jobs.sweep import SweepError, sweep_status
+    from orchestrator.sweep import SweepError, sweep_status
 
     s = _load_sweep_or_fail(spec, overrides, storage_path=storage_path, name=name)
     try:
@@ -618,7 +618,7 @@ def sweep_best_cmd(
     """Print the best configuration (mean over seeds) as a run config for `ambient train`."""
     import yaml
 
-    from jobs.sweep import SweepError, sweep_best
+    from orchestrator.sweep import SweepError, sweep_best
 
     _load_sweep_or_fail(spec, overrides, storage_path=storage_path, name=name)
     try:
@@ -672,9 +672,10 @@ def watch(
     Runs every schedule.interval_s seconds or at schedule.cron times (UTC) until Ctrl-C.
     """
     from ambient_core.data import DataError
+    from ambient_platform.watch_config import load_watch_config
     from jobs.reannotate import run_pass
+    from orchestrator.watch import follow_up_sweep
     from orchestrator.watch import watch as loop
-    from orchestrator.watch_config import load_watch_config
 
     try:
         cfg = load_watch_config(config_path, list(overrides))
@@ -683,7 +684,13 @@ def watch(
         return
 
     def one(c: Any) -> dict[str, Any]:
-        return run_pass(c, tracking_uri=tracking_uri, ray_address=ray_address, track=not no_track)
+        return run_pass(
+            c,
+            tracking_uri=tracking_uri,
+            ray_address=ray_address,
+            track=not no_track,
+            run_follow_up=follow_up_sweep,
+        )
 
     try:
         results = loop(cfg, one, once=once, max_passes=max_passes, echo=click.echo)
@@ -835,7 +842,7 @@ def job_stop(address: str, submission_id: str) -> None:
 def demo(tracking_uri: str | None) -> None:
     """The main job end to end on embedded defaults: maze data, classifier, Ray Data annotation,
     a small Ray Tune sweep over tau x granularity, results table (about 5 minutes on 2 cores)."""
-    from jobs.demo import run_demo
+    from orchestrator.demo import run_demo
 
     run_demo(tracking_uri)
 
@@ -847,7 +854,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on 127.0.0.1 for the local store and print its URL."""
     import subprocess
 
-    from orchestrator.tracking import resolve_tracking_uri
+    from ambient_platform.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     click.echo(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")

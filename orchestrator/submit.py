@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator.tracking import SECRET_MARKERS
+from ambient_platform.tracking import SECRET_MARKERS
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXCLUDES = [".ambient/", ".venv/", ".work/", ".git/", "*.egg-info/", "__pycache__/"]

@@ -12,9 +12,15 @@ import json
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from orchestrator.watch_config import WatchConfig
+from ambient_platform.config import apply_overrides, load_yaml
+from ambient_platform.settings import resolve_location
+from ambient_platform.storage import StorageRoot
+from ambient_platform.sweep_config import load_sweep
+from ambient_platform.watch_config import WatchConfig
+from orchestrator.sweep import run_sweep, sweep_started
 
 PassFn = Callable[[WatchConfig], dict[str, Any]]
 
@@ -78,3 +84,31 @@ def _brief(res: dict[str, Any]) -> dict[str, Any]:
         "started",
     )
     return {k: res[k] for k in keep if k in res}
+
+
+def follow_up_sweep(cfg: WatchConfig, version: int, root: StorageRoot) -> dict[str, Any]:
+    """Run ``on_new_data.sweep`` with every annotation reference to ``root`` pinned to
+    ``version``; the sweep is named after the spec, the annotation and the version, so a
+    follow-up interrupted by a crash resumes instead of starting twice."""
+    assert cfg.on_new_data is not None
+    spec = cfg.on_new_data.sweep
+    sets = [s.replace("{version}", str(version)) for s in cfg.on_new_data.set]
+    sweep = load_sweep(spec, sets)
+    pins = [
+        f"data.corrupt.{i}.annotation.version={version}"
+        for i, ref in enumerate(sweep.base["data"]["corrupt"])
+        if ref.get("annotation")
+        and StorageRoot(resolve_location(ref["annotation"]["path"])).uri == root.uri
+    ]
+    if not pins:
+        raise ValueError(
+            f"follow-up sweep {spec} reads no annotation at {root.uri}; point one of its "
+            "data.corrupt.N.annotation.path at it"
+        )
+    raw = load_yaml(spec)
+    apply_overrides(raw, sets)
+    sets.append("overrides=" + json.dumps([*raw.get("overrides", []), *pins]))
+    name = f"{Path(spec).stem}-{cfg.name}-v{version}"
+    resume = sweep_started(load_sweep(spec, sets, name=name))
+    res = run_sweep(spec, sets, name=name, resume=resume)
+    return {"sweep": name, "resumed": resume, **{k: res.get(k) for k in ("best", "counts")}}

@@ -99,7 +99,7 @@ def ray_session(s3_server: str) -> Iterator[object]:
 
     Started after the S3 server so its workers inherit the endpoint and dummy credentials.
     """
-    from orchestrator.ray_runtime import ensure_ray
+    from ambient_platform.ray_runtime import ensure_ray
 
     ray = ensure_ray(num_cpus=2)
     try:

@@ -18,12 +18,12 @@ from mlflow import MlflowClient
 
 from ambient_core.data import DataError
 from ambient_core.envs import maze
+from ambient_platform.config import load_run_config
+from ambient_platform.datasets import write_dataset
+from ambient_platform.storage import StorageRoot
 from jobs.annotate import annotate, latest_manifest
-from jobs.datasets import write_dataset
 from jobs.train import prepare
 from jobs.train_classifier import run_classifier_training
-from orchestrator.config import load_run_config
-from orchestrator.storage import StorageRoot
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = [0, 10, 30, 60, 99]

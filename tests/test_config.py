@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, RunConfig, apply_overrides, flatten, load_run_config
+from ambient_platform.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    flatten,
+    load_run_config,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sweeps" / "train").glob("*.yaml"))
 

@@ -1,5 +1,5 @@
 """Importers: LeRobot v2/v3 and diffusion_policy zarr fixtures written here, read back via
-``jobs.datasets.read_frames`` so the round trip goes through our real reader."""
+``ambient_platform.datasets.read_frames`` so the round trip goes through our real reader."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import zarr
 
 from ambient_core.data import DataError
-from jobs.datasets import read_frames, read_meta
+from ambient_platform.datasets import read_frames, read_meta
+from ambient_platform.storage import StorageRoot
 from jobs.importers import import_lerobot, import_zarr, main, parse_mapping
-from orchestrator.storage import StorageRoot
 
 Truth = dict[int, dict[str, np.ndarray]]
 Row = tuple[int, int, dict[str, np.ndarray]]

@@ -114,7 +114,7 @@ def test_kuberay_cluster_head_takes_no_trials_and_groups_autoscale() -> None:
 
 def test_cron_manifests_run_one_watch_pass_on_the_shipped_config() -> None:
     (cron,) = _docs(INFRA / "k8s" / "raycronjob-reannotate.yaml")
-    from orchestrator.watch_config import Cron
+    from ambient_platform.watch_config import Cron
 
     Cron.parse(cron["spec"]["schedule"])
     assert "--once" in cron["spec"]["jobTemplate"]["entrypoint"]

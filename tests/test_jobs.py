@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from ambient_platform.config import load_run_config
+from ambient_platform.tracking import RunTracker
 from jobs.generate import generate
 from jobs.train import run_eval, run_training
 from orchestrator.cli import main
-from orchestrator.config import load_run_config
-from orchestrator.tracking import RunTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

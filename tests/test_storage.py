@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.storage import (
+from ambient_platform.storage import (
     FileInfo,
     StorageError,
     StorageRoot,

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from ambient_core.envs import maze
-from jobs.datasets import write_dataset
+from ambient_platform.datasets import write_dataset
+from ambient_platform.storage import StorageRoot
 from jobs.train_classifier import run_classifier_training
 from orchestrator.cli import main as cli
-from orchestrator.storage import StorageRoot
 from orchestrator.submit import Submission, SubmitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_submission_ids_are_deterministic_and_secrets_stay_home(tmp_path: Path) 
 
 def test_storage_flag_moves_relative_locations(tmp_path: Path) -> None:
     """--storage is the root of every relative data location, local or s3://."""
-    from orchestrator.settings import resolve_location
+    from ambient_platform.settings import resolve_location
 
     saved = os.environ.get("AMBIENT_STORAGE")
     try:

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ambient_platform.config import ConfigError
+from ambient_platform.sweep_config import Constraint, OptunaSpace, load_sweep
 from orchestrator.cli import main
-from orchestrator.config import ConfigError
-from orchestrator.sweep_config import Constraint, OptunaSpace, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -239,7 +239,7 @@ class _FakeInner:
 
 
 def test_searcher_rejects_violations_and_repeats_each_config_per_seed(tmp_path: Path) -> None:
-    from jobs.sweep import PARAM_SPACE_KEY, SweepSearcher
+    from orchestrator.sweep import PARAM_SPACE_KEY, SweepSearcher
 
     body = {
         "searcher": {"kind": "optuna"},
@@ -281,7 +281,7 @@ def test_optuna_rejections_are_infeasible_for_tpe() -> None:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from jobs.sweep import PARAM_SPACE_KEY, SweepSearcher
+    from orchestrator.sweep import PARAM_SPACE_KEY, SweepSearcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = load_sweep(SWEEPS / "smoke.yaml", ["searcher={kind: optuna, seed: 1}"])
@@ -315,7 +315,7 @@ def _children(uri: str, parent: str) -> list[Any]:
 def test_smoke_sweep_end_to_end(ray_session: object, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from jobs.sweep import run_sweep
+    from orchestrator.sweep import run_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = str(tmp_path / "sweeps")
@@ -417,8 +417,8 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
 ) -> None:
     from mlflow import MlflowClient
 
-    from jobs.sweep import run_sweep
-    from orchestrator.tracking import ensure_experiment
+    from ambient_platform.tracking import ensure_experiment
+    from orchestrator.sweep import run_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = str(tmp_path / "sweeps")
@@ -435,7 +435,7 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     ensure_experiment(uri, "sweep-smoke")  # the store exists before two processes open it
     ray_tmp = tempfile.mkdtemp(prefix="rk9-", dir="/tmp")
     code = (
-        "from jobs.sweep import run_sweep; "
+        "from orchestrator.sweep import run_sweep; "
         f"run_sweep({spec!r}, {overrides!r}, tracking_uri={uri!r}, storage_path={storage!r}, "
         "verbose=0)"
     )

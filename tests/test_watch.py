@@ -23,16 +23,16 @@ from mlflow import MlflowClient
 
 from ambient_core.data import DataError, episodes_to_table
 from ambient_core.envs import maze
+from ambient_platform.config import ConfigError, load_run_config
+from ambient_platform.datasets import write_dataset
+from ambient_platform.storage import LeaseKeeper, LeaseLost, StorageRoot
+from ambient_platform.watch_config import Cron, WatchConfig, load_watch_config
 from jobs.annotate import latest_manifest
-from jobs.datasets import write_dataset
 from jobs.reannotate import LEASE_KEY, run_pass
 from jobs.train import prepare
 from jobs.train_classifier import run_classifier_training
 from orchestrator.cli import main as cli
-from orchestrator.config import ConfigError, load_run_config
-from orchestrator.storage import LeaseKeeper, LeaseLost, StorageRoot
-from orchestrator.watch import watch
-from orchestrator.watch_config import Cron, WatchConfig, load_watch_config
+from orchestrator.watch import follow_up_sweep, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = [0, 30, 99]
@@ -389,7 +389,7 @@ def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
     )
     f = _write_cfg(cfg, tmp_path)
     code = (
-        "from jobs.reannotate import run_pass; from orchestrator.watch_config import "
+        "from jobs.reannotate import run_pass; from ambient_platform.watch_config import "
         f"load_watch_config; run_pass(load_watch_config({f!r}), track=False)"
     )
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-w9-")}
@@ -476,7 +476,7 @@ def test_follow_up_sweep_runs_once_pinned_to_the_new_version(
     cfg = _cfg(
         src.uri, world["clf"], str(out), on_new_data={"sweep": str(tmp_path / "after.yaml")}
     )
-    res = run_pass(cfg, tracking_uri=uri, verbose=False)
+    res = run_pass(cfg, tracking_uri=uri, verbose=False, run_follow_up=follow_up_sweep)
     assert res["follow_up"]["sweep"] == "after-rrt-v1"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("after-watch")
@@ -485,7 +485,7 @@ def test_follow_up_sweep_runs_once_pinned_to_the_new_version(
     ]
     assert len(trials) == 1
     assert trials[0].data.params["data.corrupt.0.annotation.version"] == "1"
-    again = run_pass(cfg, tracking_uri=uri, verbose=False)
+    again = run_pass(cfg, tracking_uri=uri, verbose=False, run_follow_up=follow_up_sweep)
     assert again["status"] == "up-to-date" and "follow_up" not in again
 
 

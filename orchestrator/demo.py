@@ -14,12 +14,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ambient_platform.settings import ambient_home
+from ambient_platform.storage import StorageRoot
+from ambient_platform.tracking import resolve_tracking_uri
 from jobs.annotate import annotate, latest_manifest
 from jobs.generate import generate
 from jobs.train_classifier import RUN_FILE, run_classifier_training
-from orchestrator.settings import ambient_home
-from orchestrator.storage import StorageRoot
-from orchestrator.tracking import resolve_tracking_uri
 
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
 GRID = list(range(0, 100, 6)) + [99]
@@ -31,7 +31,7 @@ def _step(i: int, text: str) -> float:
 
 
 def run_demo(tracking_uri: str | None = None) -> dict:
-    from jobs.sweep import run_sweep
+    from orchestrator.sweep import run_sweep
 
     home = ambient_home()
     data, clf, ann = (

@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Any
 
-from orchestrator.settings import ambient_home, configure_environment
+from ambient_platform.settings import ambient_home, configure_environment
 
 MAX_TMP_LEN = 40
 

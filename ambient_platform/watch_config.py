@@ -22,13 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.config import (
+from ambient_platform.config import (
     ConfigError,
     apply_overrides,
     format_validation_error,
     load_yaml,
 )
-from orchestrator.storage import validate_name
+from ambient_platform.storage import validate_name
 
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12))
 _DOW = ("day of week", 0, 7)  # 0 and 7 are both Sunday

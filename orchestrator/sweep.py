@@ -17,7 +17,7 @@ dead driver left RUNNING are reopened by their trial on ``resume`` or closed KIL
 
 Seeds: every configuration runs once per entry of ``seeds`` (grid/random: the points are crossed
 with the seeds; Optuna: ``SweepSearcher`` repeats each suggestion per seed and tells the study the
-mean over seeds). Constraints: see orchestrator/sweep_config.py.
+mean over seeds). Constraints: see ambient_platform/sweep_config.py.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ import yaml
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from orchestrator.config import RunConfig
-from orchestrator.settings import ambient_home, configure_environment
-from orchestrator.storage import StorageRoot
-from orchestrator.sweep_config import (
+from ambient_platform.config import RunConfig
+from ambient_platform.settings import ambient_home, configure_environment
+from ambient_platform.storage import StorageRoot
+from ambient_platform.sweep_config import (
     MAX_RESAMPLES,
     SEED_KEY,
     TASK_METRICS,
@@ -59,7 +59,7 @@ from orchestrator.sweep_config import (
     optuna_storage_path,
     set_path,
 )
-from orchestrator.tracking import (
+from ambient_platform.tracking import (
     RunTracker,
     _retry,
     ensure_experiment,
@@ -737,7 +737,7 @@ def run_sweep(
     uri = resolve_tracking_uri(
         tracking_uri or (state or {}).get("tracking_uri") or sweep.base["tracking"]["uri"]
     )
-    from orchestrator.ray_runtime import ensure_ray
+    from ambient_platform.ray_runtime import ensure_ray
 
     ray = ensure_ray(ray_address)
     from ray import tune

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.settings import ambient_home
+from ambient_platform.settings import ambient_home
 
 MAX_PARAM_VALUE = 6000
 SECRET_MARKERS = ("secret", "password", "token", "credential", "access_key")

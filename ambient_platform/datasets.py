@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import DataError, Frames, episodes_to_table, frames_from_table
 from ambient_core.envs.base import Episode
-from orchestrator.storage import StorageRoot
+from ambient_platform.storage import StorageRoot
 
 META_FILE = "meta.json"
 SHARD_EPISODES = 1000

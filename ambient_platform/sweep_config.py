@@ -46,14 +46,14 @@ from pydantic import (
 )
 
 from ambient_core.envs.registry import get_task, task_names
-from orchestrator.config import (
+from ambient_platform.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
     format_validation_error,
     load_yaml,
 )
-from orchestrator.settings import resolve_location
+from ambient_platform.settings import resolve_location
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SEED_KEY = "seed"
@@ -520,7 +520,7 @@ class OptunaSpace:
 
     grid/choice -> suggest_categorical (lists and mappings by index), uniform/loguniform ->
     suggest_float, randint [lo, hi) -> suggest_int(lo, hi - 1). Constraints are not checked
-    here: the sweep's searcher rejects and resamples (see jobs/sweep.py).
+    here: the sweep's searcher rejects and resamples (see orchestrator/sweep.py).
     """
 
     def __init__(self, space: Mapping[str, SpaceEntry]) -> None:
