@@ -19,12 +19,9 @@ import pyarrow.parquet as pq
 import torch
 
 from ambient_core.envs.base import Episode
+from ambient_core.errors import DataError
 
 INDEX_COLUMNS = ("episode_index", "frame_index")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the dataset, episode and column."""
 
 
 def episodes_to_table(

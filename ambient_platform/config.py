@@ -13,11 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ambient_core.errors import ConfigError
+
 TaskName = Literal["maze", "bin_sorting"]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names file and dotted path."""
 
 
 class _Strict(BaseModel):

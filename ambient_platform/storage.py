@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from ambient_core.errors import LeaseError, StorageError
+
 if TYPE_CHECKING:
     import pyarrow
     import pyarrow.fs
@@ -62,10 +64,6 @@ _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno
 _S3_SPOOL_BYTES = 8 * 1024 * 1024
 _CONFLICT_RETRIES = 5
 _LEASE_ATTEMPTS = 5
-
-
-class StorageError(OSError):
-    """A storage backend failure, re-worded to say which bucket, endpoint or URI was involved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -902,7 +900,7 @@ def _exclusive_create(path: Path, data: bytes) -> bool:
     return True
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(LeaseError):
     """The lease was taken over by another owner (this holder stalled past its TTL)."""
 
 

@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ambient_core.errors import SubmitError
 from ambient_platform.tracking import SECRET_MARKERS
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXCLUDES = [".ambient/", ".venv/", ".work/", ".git/", "*.egg-info/", "__pycache__/"]
 ENTRYPOINT = "python -m orchestrator.cli"
 _NOT_ON_A_CLUSTER = ("submit", "job", "ui")
-
-
-class SubmitError(ValueError):
-    """The submission cannot be made as asked (bad command, secret in env, failed earlier)."""
 
 
 def check_env(env: Mapping[str, str]) -> dict[str, str]:

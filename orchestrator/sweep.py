@@ -46,6 +46,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from ambient_core.errors import SweepError
 from ambient_platform.config import RunConfig
 from ambient_platform.settings import ambient_home, configure_environment
 from ambient_platform.storage import StorageRoot
@@ -80,10 +81,6 @@ SUMMARY_DIR = "summary"
 TRIAL_META = "trial.json"
 TRIAL_TRAIN = "train"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class SweepError(RuntimeError):
-    """A sweep cannot start, resume or be read (the message says what to do)."""
 
 
 # --------------------------------------------------------------------------------------------
