@@ -1,0 +1,150 @@
+"""``ambient train|eval|reproduce|demo|ui``: single runs, the paper tables, the demo, the UI."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ambient_platform.config import ConfigError
+from orchestrator.cli._app import common, fail, main, print_json
+
+
+@main.command()
+@common
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Run config YAML (see sweeps/train/).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. --set train.steps=500 --set data.corrupt.0.sigma_min=0.1",
+)
+@click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+def train(
+    config_path: str, overrides: tuple[str, ...], tracking_uri: str | None, no_track: bool
+) -> None:
+    """Train, evaluate and log one run from a config file."""
+    from ambient_platform.config import load_run_config
+    from jobs.train import run_training
+
+    try:
+        cfg = load_run_config(config_path, list(overrides))
+    except ConfigError as exc:
+        fail(exc)
+        return
+    res = run_training(cfg, tracking_uri, track=not no_track, verbose=True)
+    print_json({k: v for k, v in res.items() if k != "history"})
+
+
+@main.command("eval")
+@common
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Checkpoint directory written by `ambient train`.",
+)
+@click.option("--episodes", type=click.IntRange(1), help="Evaluation episodes (default: config).")
+@click.option("--seed", type=int, help="Evaluation seed (default: the config's).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a rollout PNG here.")
+@click.option("--no-track", is_flag=True)
+def eval_cmd(
+    checkpoint: str,
+    episodes: int | None,
+    seed: int | None,
+    plot: str | None,
+    tracking_uri: str | None,
+    no_track: bool,
+) -> None:
+    """Re-evaluate a saved checkpoint in its environment."""
+    from jobs.train import run_eval
+
+    print_json(run_eval(checkpoint, episodes, seed, tracking_uri, not no_track, plot))
+
+
+@main.command()
+@common
+@click.argument("benchmark", type=click.Choice(["maze", "bin-sorting"]))
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--full", is_flag=True, help="The paper's sizes (for a GPU or a cluster).")
+@click.option("--out", default=None, help="Output directory (default .ambient/reproduce/NAME).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Runs trained in parallel (one torch thread each).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override applied to every row, e.g. --set train.steps=1000",
+)
+def reproduce(
+    benchmark: str,
+    seeds: int,
+    full: bool,
+    out: str | None,
+    workers: int,
+    overrides: tuple[str, ...],
+    tracking_uri: str | None,
+) -> None:
+    """Run the paper's table for BENCHMARK and write a markdown + CSV table and a figure."""
+    from jobs.reproduce import reproduce as run
+
+    try:
+        res = run(
+            benchmark.replace("-", "_"), seeds, full, out, workers, list(overrides), tracking_uri
+        )
+    except ConfigError as exc:
+        fail(exc)
+        return
+    click.echo(res["markdown"])
+    click.echo(f"\nwritten: {res['dir']}")
+
+
+@main.command()
+@common
+def demo(tracking_uri: str | None) -> None:
+    """The main job end to end on embedded defaults: maze data, classifier, Ray Data annotation,
+    a small Ray Tune sweep over tau x granularity, results table (about 5 minutes on 2 cores)."""
+    from orchestrator.demo import run_demo
+
+    run_demo(tracking_uri)
+
+
+@main.command()
+@common
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the local store and print its URL."""
+    import subprocess
+
+    from ambient_platform.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    click.echo(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=False,
+    )
