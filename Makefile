@@ -17,6 +17,7 @@ setup:
 test: setup
 	@mkdir -p .work
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest --basetemp=.work/pytest $(PYTEST_ARGS)
 
 demo: setup
