@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".work"
+# AMBIENT_TEST_WORK lets two suites run side by side without sharing state (default .work).
+WORK = Path(os.environ.get("AMBIENT_TEST_WORK", ROOT / ".work")).resolve()
 
 # Nothing may be written outside the project or sent anywhere: set before ray/mlflow import.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
