@@ -74,6 +74,18 @@ class ConditionalResidualBlock1D(nn.Module):
         return out + self.residual_conv(x)
 
 
+def check_unet_horizon(horizon: int, levels: int) -> None:
+    """The down path halves the length levels-1 times and the up path must undo it exactly
+    (the one copy of this rule: the run-config schema calls it too)."""
+    factor = 2 ** (levels - 1)
+    if horizon % factor:
+        raise ValueError(
+            f"horizon {horizon} must be divisible by 2^(len(down_dims)-1) = {factor} "
+            f"for a U-Net with {levels} levels; use a horizon like "
+            f"{max(factor, horizon // factor * factor)} or fewer down_dims"
+        )
+
+
 class ConditionalUnet1D(nn.Module):
     """1-D temporal U-Net over action chunks with FiLM conditioning (diffusion_policy)."""
 
@@ -123,14 +135,7 @@ class ConditionalUnet1D(nn.Module):
         )
 
     def check_horizon(self, horizon: int) -> None:
-        """The down path halves the length levels-1 times and the up path must undo it exactly."""
-        factor = 2 ** (self.levels - 1)
-        if horizon % factor:
-            raise ValueError(
-                f"horizon {horizon} must be divisible by 2^(len(down_dims)-1) = {factor} "
-                f"for a U-Net with {self.levels} levels; use a horizon like "
-                f"{max(factor, horizon // factor * factor)} or fewer down_dims"
-            )
+        check_unet_horizon(horizon, self.levels)
 
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor

@@ -11,7 +11,7 @@ searchsorted calls: O(B log T) per batch, independent of N, and no rejection loo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +20,19 @@ import numpy as np
 PoolMode = Literal["proportional", "fixed", "soft"]
 POOL_MODES: tuple[str, ...] = ("proportional", "fixed", "soft")
 DEFAULT_BUCKET_EDGES: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 10))
+
+
+def bucket_labels(edges: Sequence[float] = DEFAULT_BUCKET_EDGES) -> list[str]:
+    """Stable metric-name suffixes for sigma buckets, e.g. ``s0.0-0.1`` (the one copy: policy
+    training and classifier training log under the same names)."""
+    e = [float(x) for x in edges]
+    return [f"s{e[i]:.1f}-{e[i + 1]:.1f}" for i in range(len(e) - 1)]
+
+
+def bucket_index(sigmas: np.ndarray, edges: Sequence[float] = DEFAULT_BUCKET_EDGES) -> np.ndarray:
+    """The bucket (0 .. len(edges) - 2) of each sigma; the last bucket includes its top edge."""
+    e = np.asarray(edges, dtype=np.float64)
+    return np.clip(np.searchsorted(e, sigmas, side="right") - 1, 0, len(e) - 2)
 
 
 @dataclass(frozen=True)
@@ -152,10 +165,7 @@ class NoiseFirstSampler:
                 "add clean data, lower the corrupt thresholds, or give that level zero weight"
             )
         self.bucket_edges = np.asarray(bucket_edges, dtype=np.float64)
-        nb = len(self.bucket_edges) - 1
-        self.level_bucket = np.clip(
-            np.searchsorted(self.bucket_edges, self.sigmas, side="right") - 1, 0, nb - 1
-        )
+        self.level_bucket = bucket_index(self.sigmas, self.bucket_edges)
 
     def _build_tables(self, T: int) -> None:
         thr = self.buffer.threshold(self.corrupt_sigma_min)
@@ -235,8 +245,7 @@ class NoiseFirstSampler:
 
     def bucket_labels(self) -> list[str]:
         """Stable metric-name suffixes for the sigma buckets, e.g. ``s0.0-0.1``."""
-        e = self.bucket_edges
-        return [f"s{e[i]:.1f}-{e[i + 1]:.1f}" for i in range(len(e) - 1)]
+        return bucket_labels(self.bucket_edges)
 
     def state_dict(self) -> dict[str, object]:
         """RNG state, so a resumed run continues the same stream."""

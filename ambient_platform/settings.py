@@ -1,10 +1,22 @@
-"""Process-wide settings: the project's working directory and a quiet, local environment."""
+"""Process-wide settings: the working directory, a quiet local environment, and where relative
+locations resolve.
+
+Why here: every command, job, test and benchmark needs the same answers, and a relative location
+from a config (``data.corrupt.0.path=...``) must never reach outside the root it is meant for.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from ambient_core.errors import ConfigError
+
+#: The one list of environment defaults that keep every process quiet and local (no telemetry,
+#: Ray on loopback without token auth); tests, benchmarks and the CLI all apply it through
+#: ``configure_environment()``.
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -47,18 +59,48 @@ def _is_absolute(path: str) -> bool:
     return "://" in path or os.path.isabs(path) or path.startswith("~")
 
 
+def _display(location: str) -> str:
+    """``location`` for messages: a URI loses any ``user:password@`` part."""
+    split = urlsplit(location)
+    if "://" not in location or "@" not in split.netloc:
+        return location
+    return urlunsplit(split._replace(netloc=split.netloc.rsplit("@", 1)[1]))
+
+
+def _confined(path: str, root: str, root_name: str) -> str:
+    """``path`` normalised, or ConfigError if it climbs out of ``root`` with ``..``.
+
+    Lexical, like the key rules of ``ambient_platform.storage``: what matters is that a name
+    from a config or a ``--set`` cannot point outside the root it is meant for.
+    """
+    rel = posixpath.normpath(path)
+    if rel.split("/", 1)[0] == "..":
+        raise ConfigError(
+            f"location {path!r} leaves the {root_name} {_display(root)}; relative locations "
+            "must stay inside it (give an absolute path or a URI to go elsewhere)"
+        )
+    return rel
+
+
 def resolve_location(path: str) -> str:
     """Config locations: URIs (s3://, file://) and absolute paths as given; relative paths live
-    under ``storage_root()`` so configs work from any directory, on a laptop or a cluster."""
+    under ``storage_root()`` so configs work from any directory, on a laptop or a cluster, and
+    may not leave it (ConfigError naming the path and the root)."""
     if _is_absolute(path):
         return os.path.expanduser(path) if path.startswith("~") else path
     root = storage_root()
-    return f"{root}/{path}" if "://" in root else str(Path(root) / path)
+    rel = _confined(path, root, "storage root")
+    if "://" in root:
+        return root if rel == "." else f"{root}/{rel}"
+    return str(Path(root) / rel)
 
 
 def resolve_local(path: str) -> Path:
     """Locations that are always local files (run outputs, checkpoints): relative paths live
-    under ``ambient_home()`` whatever the shared storage is."""
+    under ``ambient_home()`` whatever the shared storage is, and may not leave it."""
     if "://" in path:
-        raise ValueError(f"{path} must be a local path (run outputs are local files)")
-    return Path(os.path.expanduser(path) if path.startswith("~") else ambient_home() / path)
+        raise ConfigError(f"{path} must be a local path (run outputs are local files)")
+    if _is_absolute(path):
+        return Path(os.path.expanduser(path))
+    home = ambient_home()
+    return home / _confined(path, str(home), "AMBIENT_HOME directory")

@@ -19,7 +19,14 @@ from typing import Any
 from ambient_platform.settings import ambient_home
 
 MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
 SECRET_MARKERS = ("secret", "password", "token", "credential", "access_key")
+#: Tag every run carries so a sweep's charts can filter out classifier and annotation runs.
+KIND_TAG = "ambient.kind"
+#: MLflow's description field of runs and experiments (rendered as Markdown in the UI).
+NOTE_TAG = "mlflow.note.content"
+#: The legacy ``kind`` tag values mapped onto ``ambient.kind`` (sweep|trial|classifier|...).
+_KINDS = {"sweep-trial": "trial"}
 
 
 def default_tracking_uri() -> str:
@@ -38,8 +45,9 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _retry(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
-    """SQLite allows one writer: back off on 'database is locked' instead of failing a run."""
+def retry_locked(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
+    """Call ``fn``; SQLite allows one writer, so back off on 'database is locked' instead of
+    failing a run (every MLflow write of the platform goes through this)."""
     delay = 0.1
     for i in range(attempts):
         try:
@@ -62,12 +70,21 @@ def ensure_experiment(uri: str, name: str) -> str:
     if uri.startswith("sqlite:"):
         artifact_location = (ambient_home() / "mlartifacts" / name).as_uri()
     try:
-        return str(_retry(client.create_experiment, name, artifact_location=artifact_location))
+        return str(
+            retry_locked(client.create_experiment, name, artifact_location=artifact_location)
+        )
     except Exception:
         exp = client.get_experiment_by_name(name)  # lost a creation race
         if exp is None:
             raise
         return str(exp.experiment_id)
+
+
+def describe_experiment(uri: str, name: str, text: str) -> None:
+    """Set an experiment's description (shown above its runs in the MLflow UI)."""
+    client = _client(uri)
+    exp_id = ensure_experiment(uri, name)
+    retry_locked(client.set_experiment_tag, exp_id, NOTE_TAG, text)
 
 
 def _is_secret(key: str) -> bool:
@@ -93,10 +110,12 @@ class RunTracker:
     ) -> RunTracker:
         exp_id = ensure_experiment(uri, experiment)
         all_tags = dict(tags or {})
+        if "kind" in all_tags and KIND_TAG not in all_tags:
+            all_tags[KIND_TAG] = _KINDS.get(all_tags["kind"], all_tags["kind"])
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         client = _client(uri)
-        run = _retry(client.create_run, exp_id, run_name=run_name, tags=all_tags)
+        run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=all_tags)
         return cls(uri, run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -108,7 +127,7 @@ class RunTracker:
             raise ValueError(f"refusing to log secret-looking params to MLflow: {bad}")
         items = [Param(k[:250], str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            _retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
+            retry_locked(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -118,24 +137,28 @@ class RunTracker:
             Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None
         ]
         for i in range(0, len(items), 500):
-            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 500])
+            retry_locked(self.client.log_batch, self.run_id, metrics=items[i : i + 500])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for k, v in tags.items():
-            _retry(self.client.set_tag, self.run_id, k, str(v))
+        """Set (or overwrite) tags in one batch request."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            retry_locked(self.client.log_batch, self.run_id, tags=items[i : i + 100])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         p = Path(path)
         if p.is_dir():
-            _retry(self.client.log_artifacts, self.run_id, str(p), artifact_path)
+            retry_locked(self.client.log_artifacts, self.run_id, str(p), artifact_path)
         else:
-            _retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
+            retry_locked(self.client.log_artifact, self.run_id, str(p), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        _retry(self.client.log_text, self.run_id, text, artifact_file)
+        retry_locked(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        _retry(self.client.log_dict, self.run_id, data, artifact_file)
+        retry_locked(self.client.log_dict, self.run_id, data, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """Record a dataset (or annotation manifest) as a run input with its content digest."""
@@ -144,17 +167,17 @@ class RunTracker:
         ds = Dataset(name=name, digest=digest[:36], source_type="path", source=source, schema=None)
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
         try:
-            _retry(self.client.log_inputs, self.run_id, datasets=inputs)
+            retry_locked(self.client.log_inputs, self.run_id, datasets=inputs)
         except Exception as exc:
             # Two trials registering the same dataset at once: one insert wins on SQLite; the
             # loser's retry finds the row and only links it to its run.
             if "UNIQUE constraint" not in str(exc):
                 raise
             time.sleep(0.2)
-            _retry(self.client.log_inputs, self.run_id, datasets=inputs)
+            retry_locked(self.client.log_inputs, self.run_id, datasets=inputs)
 
     def end(self, status: str = "FINISHED") -> None:
-        _retry(self.client.set_terminated, self.run_id, status)
+        retry_locked(self.client.set_terminated, self.run_id, status)
 
     def status(self) -> str:
         return str(self.client.get_run(self.run_id).info.status)

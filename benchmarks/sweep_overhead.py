@@ -37,8 +37,8 @@ def _calibrate(spec_overrides: list[str]) -> tuple[float, float]:
     import torch
 
     from ambient_platform.config import RunConfig
-    from ambient_platform.sweep_config import load_sweep
-    from jobs.train import _ensure_generated, run_training
+    from ambient_platform.config.sweep import load_sweep
+    from jobs.train import ensure_generated, run_training
 
     torch.set_num_threads(1)
     sweep = load_sweep(SPEC, spec_overrides)
@@ -47,7 +47,7 @@ def _calibrate(spec_overrides: list[str]) -> tuple[float, float]:
         data = sweep.trial_dict({"train.lr": 3e-3, "data.corrupt.0.sigma_max": 0.4616}, 0)
         data["train"]["steps"] = steps
         cfg = RunConfig.model_validate(data)
-        _ensure_generated(cfg)
+        ensure_generated(cfg)
         run_training(cfg, track=False)  # warm-up (imports, first allocations)
         res = run_training(cfg, track=False)
         points.append((steps, res["time/train_s"] + res["time/eval_s"]))

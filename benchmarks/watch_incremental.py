@@ -25,7 +25,7 @@ from ambient_platform.datasets import write_dataset
 from ambient_platform.ray_runtime import ensure_ray
 from ambient_platform.settings import configure_environment
 from ambient_platform.storage import StorageRoot
-from ambient_platform.watch_config import WatchConfig
+from ambient_platform.config.watch import WatchConfig
 from jobs.reannotate import run_pass
 from jobs.train_classifier import run_classifier_training
 

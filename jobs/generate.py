@@ -1,18 +1,20 @@
 """Generate a benchmark's clean and corrupt datasets (``ambient data generate``).
 
-``python -m jobs.generate maze --clean 50 --corrupt 5000 --out DIR`` writes DIR/clean and
+``ambient data generate maze --clean 50 --corrupt 5000 --out DIR`` writes DIR/clean and
 DIR/corrupt (local directory or s3:// prefix), each with shards and meta.json.
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import time
 from typing import Any
 
 from ambient_core.envs.registry import get_task
 from ambient_platform.datasets import write_dataset
 from ambient_platform.storage import StorageRoot
+
+log = logging.getLogger(__name__)
 
 
 def generate(
@@ -32,6 +34,7 @@ def generate(
         )
     if plot and root.local_path is not None:
         t.plot_dataset(clean, corrupt, root.local_path / "dataset.png")
+    log.info("%s: %d clean + %d corrupt episodes -> %s", task, len(clean), len(corrupt), root.uri)
     return {
         "task": task,
         "out": root.uri,
@@ -40,18 +43,3 @@ def generate(
         **{f"{k}_episodes": m["episodes"] for k, m in metas.items()},
         **{f"{k}_digest": m["digest"] for k, m in metas.items()},
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("task")
-    p.add_argument("--clean", type=int, default=50)
-    p.add_argument("--corrupt", type=int, default=5000)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    print(generate(a.task, a.clean, a.corrupt, a.out, a.seed))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,17 +7,17 @@ would silently choke on (missing columns, NaN/inf, frame gaps, truncated downloa
 message naming the file, column and episode, re-index episodes to 0..E-1 (the original ids are
 kept in meta.json as ``source_episode_index``) and then write through ``write_dataset``.
 
-Examples::
+Examples (the CLI is ``ambient data import``)::
 
-    python -m jobs.importers lerobot PATH --out DIR \\
+    ambient data import lerobot PATH --out DIR \\
         --map observation.goal=observation.environment_state
-    python -m jobs.importers zarr pusht_cchi_v7_replay.zarr --out s3://bucket/pusht
+    ambient data import zarr pusht_cchi_v7_replay.zarr --out s3://bucket/pusht
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -35,7 +35,9 @@ from ambient_core.envs.base import Episode
 from ambient_platform.datasets import META_FILE, write_dataset
 from ambient_platform.storage import StorageRoot, validate_name
 
-__all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "import_zarr", "main", "parse_mapping"]
+__all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "import_zarr", "parse_mapping"]
+
+log = logging.getLogger(__name__)
 
 #: OUR feature name -> THEIR LeRobot column, used unless ``features`` overrides or drops it.
 LEROBOT_DEFAULTS: dict[str, str] = {"observation.state": "observation.state", "action": "action"}
@@ -243,6 +245,141 @@ def _data_files(path: Path, info: dict[str, Any], family: str, info_path: Path) 
     return files
 
 
+def _lerobot_mapping(
+    info: dict[str, Any], info_path: Path, features: FeatureMap | None
+) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
+    """OUR -> THEIR columns, info.json's declared features, and the pixel features skipped."""
+    mapping = _resolve_features(LEROBOT_DEFAULTS, features)
+    declared: dict[str, Any] = info.get("features") or {}
+    if not isinstance(declared, dict):
+        raise DataError(f"{info_path}: 'features' must be an object")
+    skipped = {
+        k: str(v.get("dtype"))
+        for k, v in declared.items()
+        if isinstance(v, dict) and v.get("dtype") in PIXEL_DTYPES
+    }
+    for ours, theirs in mapping.items():
+        if theirs in skipped:
+            raise DataError(
+                f"{info_path}: column {theirs!r} (-> {ours!r}) is a {skipped[theirs]} feature; "
+                "only low-dim (numeric) features can be imported"
+            )
+    return mapping, declared, skipped
+
+
+def _frame_order(ep: np.ndarray) -> np.ndarray:
+    """Frame indices from row order within each episode (for files without frame_index)."""
+    order = np.argsort(ep, kind="stable")
+    grouped = ep[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    fr = np.empty_like(ep)
+    fr[order] = np.arange(len(ep)) - np.repeat(starts, np.diff(np.r_[starts, len(ep)]))
+    return fr
+
+
+class _LeRobotRows:
+    """Rows of every data file, accumulated file by file with each file's problems named."""
+
+    def __init__(self, mapping: dict[str, str]) -> None:
+        self.mapping = mapping
+        self.columns = list(dict.fromkeys(mapping.values()))
+        self.eps: list[np.ndarray] = []
+        self.frs: list[np.ndarray] = []
+        self.cols: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
+        self.notes: list[str] = []
+        self._episode_file: dict[int, Path] = {}
+
+    def _schema_names(self, f: Path) -> list[str]:
+        try:
+            names = list(pq.read_schema(f).names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file: {exc}") from exc
+        missing = [c for c in ["episode_index", *self.columns] if c not in names]
+        if missing:
+            ours_of = {v: k for k, v in self.mapping.items()}
+            which = ", ".join(
+                f"{c!r} (mapped to {ours_of[c]!r})" if c in ours_of else repr(c) for c in missing
+            )
+            raise DataError(f"{f}: missing column {which}; the file has {sorted(names)}")
+        return names
+
+    def add_file(self, f: Path) -> None:
+        has_frame = "frame_index" in self._schema_names(f)
+        read = ["episode_index", *(["frame_index"] if has_frame else []), *self.columns]
+        try:
+            table = pq.read_table(f, columns=read)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file: {exc}") from exc
+        if table.num_rows == 0:
+            return
+        ep = _arrow_matrix(table.column("episode_index").combine_chunks(), f"{f}: episode_index")
+        ep = ep[:, 0].astype(np.int64)
+        if has_frame:
+            fr = _arrow_matrix(table.column("frame_index").combine_chunks(), f"{f}: frame_index")
+            fr = fr[:, 0].astype(np.int64)
+        else:  # row order within the file is the only order there is
+            fr = _frame_order(ep)
+            self.notes.append(f"{f.name}: no frame_index column, row order used")
+        self._claim_episodes(f, ep)
+        self.eps.append(ep)
+        self.frs.append(fr)
+        for c in self.columns:
+            x = _arrow_matrix(table.column(c).combine_chunks(), f"{f}: column {c!r}")
+            if self.cols[c] and self.cols[c][0].shape[1] != x.shape[1]:
+                raise DataError(
+                    f"{f}: column {c!r} has {x.shape[1]} values per frame, earlier files have "
+                    f"{self.cols[c][0].shape[1]}"
+                )
+            self.cols[c].append(x)
+
+    def _claim_episodes(self, f: Path, ep: np.ndarray) -> None:
+        """LeRobot keeps an episode in one file; one in two files is a duplicate id."""
+        for e in np.unique(ep).tolist():
+            other = self._episode_file.setdefault(int(e), f)
+            if other != f:
+                raise DataError(f"{f}: episode {e} is also in {other} (duplicate episode_index)")
+
+    def features(
+        self, label: str, declared: dict[str, Any], info_path: Path
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(episode, frame, OUR feature -> (N, D) float32), widths and values checked."""
+        if not self.eps:
+            raise DataError(f"{label}: the data files hold no rows")
+        ep, fr = np.concatenate(self.eps), np.concatenate(self.frs)
+        feats: dict[str, np.ndarray] = {}
+        for ours, theirs in self.mapping.items():
+            x = np.concatenate(self.cols[theirs])
+            if x.shape[1] == 0:
+                raise DataError(f"{label}: column {theirs!r} (-> {ours!r}) has zero width")
+            spec = declared.get(theirs)
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            if (
+                isinstance(shape, list)
+                and all(isinstance(s, int) for s in shape)
+                and math.prod(shape) != x.shape[1]
+            ):
+                raise DataError(
+                    f"{label}: column {theirs!r} has {x.shape[1]} values per frame but "
+                    f"{info_path} declares shape {shape}"
+                )
+            _check_finite(label, ours, theirs, x, ep, fr)
+            feats[ours] = x
+        return ep, fr, feats
+
+
+def _check_totals(
+    label: str, info: dict[str, Any], info_path: Path, counts: dict[str, int], n_files: int
+) -> None:
+    """info.json's totals against what the files hold: catches incomplete downloads."""
+    for key, found in counts.items():
+        want = info.get(key)
+        if isinstance(want, int) and want != found:
+            raise DataError(
+                f"{label}: found {found} {key.split('_')[1]} in {n_files} data files but "
+                f"{info_path} says {key}={want} (incomplete download or stray files?)"
+            )
+
+
 def import_lerobot(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -262,96 +399,16 @@ def import_lerobot(
     info, version, family = _lerobot_info(path)
     info_path = path / "meta" / "info.json"
     label = f"LeRobot dataset {path}"
-    mapping = _resolve_features(LEROBOT_DEFAULTS, features)
-    declared: dict[str, Any] = info.get("features") or {}
-    if not isinstance(declared, dict):
-        raise DataError(f"{info_path}: 'features' must be an object")
-    skipped = {
-        k: str(v.get("dtype"))
-        for k, v in declared.items()
-        if isinstance(v, dict) and v.get("dtype") in PIXEL_DTYPES
-    }
-    for ours, theirs in mapping.items():
-        if theirs in skipped:
-            raise DataError(
-                f"{info_path}: column {theirs!r} (-> {ours!r}) is a {skipped[theirs]} feature; "
-                "only low-dim (numeric) features can be imported"
-            )
-    columns = list(dict.fromkeys(mapping.values()))
+    mapping, declared, skipped = _lerobot_mapping(info, info_path, features)
     files = _data_files(path, info, family, info_path)
-
-    eps: list[np.ndarray] = []
-    frs: list[np.ndarray] = []
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    notes: list[str] = []
+    rows = _LeRobotRows(mapping)
     for f in files:
-        try:
-            names = pq.read_schema(f).names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{f}: not a readable Parquet file: {exc}") from exc
-        missing = [c for c in ["episode_index", *columns] if c not in names]
-        if missing:
-            ours_of = {v: k for k, v in mapping.items()}
-            which = ", ".join(
-                f"{c!r} (mapped to {ours_of[c]!r})" if c in ours_of else repr(c) for c in missing
-            )
-            raise DataError(f"{f}: missing column {which}; the file has {sorted(names)}")
-        has_frame = "frame_index" in names
-        read = ["episode_index", *(["frame_index"] if has_frame else []), *columns]
-        table = pq.read_table(f, columns=read)
-        if table.num_rows == 0:
-            continue
-        ep = _arrow_matrix(table.column("episode_index").combine_chunks(), f"{f}: episode_index")
-        ep = ep[:, 0].astype(np.int64)
-        if has_frame:
-            fr = _arrow_matrix(table.column("frame_index").combine_chunks(), f"{f}: frame_index")
-            fr = fr[:, 0].astype(np.int64)
-        else:  # row order within the file is the only order there is
-            order = np.argsort(ep, kind="stable")
-            grouped = ep[order]
-            starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-            fr = np.empty_like(ep)
-            fr[order] = np.arange(len(ep)) - np.repeat(starts, np.diff(np.r_[starts, len(ep)]))
-            notes.append(f"{f.name}: no frame_index column, row order used")
-        eps.append(ep)
-        frs.append(fr)
-        for c in columns:
-            x = _arrow_matrix(table.column(c).combine_chunks(), f"{f}: column {c!r}")
-            if cols[c] and cols[c][0].shape[1] != x.shape[1]:
-                raise DataError(
-                    f"{f}: column {c!r} has {x.shape[1]} values per frame, earlier files have "
-                    f"{cols[c][0].shape[1]}"
-                )
-            cols[c].append(x)
-    if not eps:
-        raise DataError(f"{label}: the data files hold no rows")
-    ep_all, fr_all = np.concatenate(eps), np.concatenate(frs)
-    feats: dict[str, np.ndarray] = {}
-    for ours, theirs in mapping.items():
-        x = np.concatenate(cols[theirs])
-        if x.shape[1] == 0:
-            raise DataError(f"{label}: column {theirs!r} (-> {ours!r}) has zero width")
-        spec = declared.get(theirs)
-        shape = spec.get("shape") if isinstance(spec, dict) else None
-        if (
-            isinstance(shape, list)
-            and all(isinstance(s, int) for s in shape)
-            and math.prod(shape) != x.shape[1]
-        ):
-            raise DataError(
-                f"{label}: column {theirs!r} has {x.shape[1]} values per frame but "
-                f"{info_path} declares shape {shape}"
-            )
-        _check_finite(label, ours, theirs, x, ep_all, fr_all)
-        feats[ours] = x
-    episodes, source_ids = _split_episodes(label, ep_all, fr_all, feats)
-    for key, found in (("total_episodes", len(episodes)), ("total_frames", len(ep_all))):
-        want = info.get(key)
-        if isinstance(want, int) and want != found:
-            raise DataError(
-                f"{label}: found {found} {key.split('_')[1]} in {len(files)} data files but "
-                f"{info_path} says {key}={want} (incomplete download or stray files?)"
-            )
+        rows.add_file(f)
+    ep, fr, feats = rows.features(label, declared, info_path)
+    episodes, source_ids = _split_episodes(label, ep, fr, feats)
+    counts = {"total_episodes": len(episodes), "total_frames": len(ep)}
+    _check_totals(label, info, info_path, counts, len(files))
+    notes = rows.notes
     if skipped:
         notes.append(f"skipped pixel features (low-dim only): {sorted(skipped)}")
     rate = float(fps if fps is not None else info.get("fps") or 10.0)
@@ -366,6 +423,7 @@ def import_lerobot(
         },
     }
     root, meta = _write(out, episodes, _check_source(source, path), task, rate, overwrite, extra)
+    log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), len(ep), root.uri)
     return _result("lerobot", root, meta, mapping, skipped, notes, codebase_version=version)
 
 
@@ -503,46 +561,5 @@ def import_zarr(
     }
     src = _check_source(source, path)
     root, meta = _write(out, episodes, src, task, float(fps), overwrite, extra)
+    log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), n_total, root.uri)
     return _result("zarr", root, meta, mapping, {}, notes)
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.importers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("format", choices=["lerobot", "zarr"])
-    p.add_argument("path", help="LeRobot dataset directory, or .zarr directory / .zarr.zip")
-    p.add_argument("--out", required=True, help="output directory or s3:// prefix")
-    p.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="OURS=THEIRS",
-        help="feature mapping, repeatable (OURS= drops a default)",
-    )
-    p.add_argument("--source", default=None, help="dataset name (default: input dir name)")
-    p.add_argument("--task", default="imported")
-    p.add_argument("--fps", type=float, default=None)
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        mapping = parse_mapping(a.map)
-        if a.format == "lerobot":
-            result = import_lerobot(
-                a.path, a.out, mapping, a.source, a.task, a.fps, overwrite=a.overwrite
-            )
-        else:
-            fps = 10.0 if a.fps is None else a.fps
-            result = import_zarr(a.path, a.out, mapping, a.source, a.task, fps, a.overwrite)
-    except DataError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -163,7 +163,7 @@ def reproduce(
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Train every row x seed, aggregate, write table/figure; returns paths and the markdown."""
-    from jobs.train import _ensure_generated
+    from jobs.train import ensure_generated
 
     configure_environment()
     spec = BENCHMARKS[bench]
@@ -187,7 +187,7 @@ def reproduce(
             )
             jobs.append((row, s, cfg))
     for _, _, cfg in jobs:  # generate shared data once, before workers start
-        _ensure_generated(cfg)
+        ensure_generated(cfg)
     parent = RunTracker.start(
         uri,
         jobs[0][2].tracking.experiment,

@@ -3,26 +3,29 @@
 Wires ambient_core (data, sampler, policy, training loop, env evaluation) to storage and MLflow:
 params once (the resolved config, flattened), losses and corrupt share per sigma bucket, round
 and final evaluation metrics, a rollout plot, the sampler plot, config and checkpoint artifacts.
+A corrupt dataset that refers to an annotation gets its per-chunk sigma_min derived from the
+annotation's score curves at load time (``jobs.annotated_data``); its distribution is logged as
+``sigma_min/*`` metrics, since the config's ``sigma_min`` (0.0) is only a placeholder then.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
-import sys
+import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
-from ambient_core.classifier import derive_sigma_min
-from ambient_core.data import ChunkDataset, ChunkSpec, DataError, Frames
+from ambient_core.data import ChunkDataset, ChunkSpec, Frames
 from ambient_core.envs.registry import EvalResult, Task, get_task
+from ambient_core.errors import ConfigError
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicyRunner, PolicySpec
 from ambient_core.sampler import Buffer, LinearRamp, NoiseFirstSampler
 from ambient_core.schedule import ddpm_sigmas
@@ -37,7 +40,7 @@ from ambient_core.train import (
     save_checkpoint,
     train,
 )
-from ambient_platform.config import AnnotationRef, DatasetRef, RunConfig, flatten, load_run_config
+from ambient_platform.config import DatasetRef, RunConfig, flatten
 from ambient_platform.datasets import META_FILE, read_frames
 from ambient_platform.settings import (
     ambient_home,
@@ -46,8 +49,18 @@ from ambient_platform.settings import (
     resolve_location,
 )
 from ambient_platform.storage import StorageRoot
-from ambient_platform.tracking import RunTracker, _retry, resolve_tracking_uri
+from ambient_platform.tracking import RunTracker, resolve_tracking_uri, retry_locked
+from jobs.annotated_data import (
+    annotated_shards,
+    annotated_sigma_min,
+    load_annotation,
+    sigma_min_metrics,
+)
 from jobs.generate import generate
+
+__all__ = ["PreparedRun", "ensure_generated", "load_annotation", "prepare", "run_training"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,10 +70,12 @@ class PreparedRun:
     task: Task
     state: TrainState
     data: ChunkDataset
-    datasets: list[dict[str, Any]]  # name, uri, digest, kind, chunks
+    datasets: list[dict[str, Any]]  # name, uri, digest, kind, chunks[, annotation]
+    #: Per-chunk sigma_min of each annotated corrupt dataset (in config order).
+    derived_sigma_min: list[np.ndarray] = field(default_factory=list)
 
 
-def _ensure_generated(cfg: RunConfig) -> None:
+def ensure_generated(cfg: RunConfig) -> None:
     """Generate <dir>/clean and <dir>/corrupt when the config asks for it and they are missing."""
     gen = cfg.data.generate
     if gen is None:
@@ -77,82 +92,103 @@ def _ensure_generated(cfg: RunConfig) -> None:
         or (corrupt and corrupt.rsplit("/", 1)[-1] != "corrupt")
         or len(parents) != 1
     ):
-        raise ValueError(
+        raise ConfigError(
             "data.generate writes <dir>/clean and <dir>/corrupt: point data.clean.0.path and "
             "data.corrupt.0.path at such a pair"
         )
     generate(cfg.task, gen.clean, gen.corrupt if corrupt else 0, parents.pop(), gen.seed)
 
 
-def prepare(cfg: RunConfig) -> PreparedRun:
-    """Load data, build sampler, normaliser, policy and optimiser state."""
-    task = get_task(cfg.task)
-    _ensure_generated(cfg)
-    keys = [*task.obs_keys, "action"]
-    frames: list[Frames] = []
-    info: list[dict[str, Any]] = []
-    thresholds: list[tuple[float, float]] = []
+# ------------------------------------------------------------------------------ preparing
+
+
+@dataclass
+class _Loaded:
+    """One dataset as read: frames, its reference (annotation version pinned) and info."""
+
+    kind: str
+    ref: DatasetRef
+    frames: Frames
+    info: dict[str, Any]
+
+
+def _load_dataset(kind: str, ref: DatasetRef, keys: list[str]) -> _Loaded:
+    root = StorageRoot(resolve_location(ref.path))
+    shards = digest = None
+    if kind == "corrupt" and ref.annotation is not None:
+        # Pin the version read now, so shards and curves come from the same manifest.
+        shards, version, digest = annotated_shards(ref.annotation, root)
+        pinned = ref.annotation.model_copy(update={"version": version})
+        ref = ref.model_copy(update={"annotation": pinned})
+    f, meta = read_frames(root, keys, ref.name, ref.max_episodes, shards)
+    info = {
+        "kind": kind,
+        "name": f.name,
+        "uri": root.uri,
+        "digest": digest or meta["digest"],
+        "episodes": len(f.episode_bounds),
+        "meta_name": str(meta.get("name") or f.name),
+    }
+    return _Loaded(kind, ref, f, info)
+
+
+def _load_datasets(cfg: RunConfig, task: Task) -> list[_Loaded]:
+    """The datasets the mixing settings use, clean first."""
     groups = []
     if cfg.mixing.use_clean:
         groups += [("clean", r) for r in cfg.data.clean]
     if cfg.mixing.use_corrupt:
         groups += [("corrupt", r) for r in cfg.data.corrupt]
-    pinned: list[tuple[str, DatasetRef]] = []
     if not groups:
-        raise ValueError("the mixing settings leave no dataset to train on")
-    for kind, ref in groups:
-        root = StorageRoot(resolve_location(ref.path))
-        shards = digest = None
-        if kind == "corrupt" and ref.annotation is not None:
-            # Pin the version read now, so shards and curves come from the same manifest.
-            shards, version, digest = annotated_shards(ref.annotation, root)
-            ref = ref.model_copy(
-                update={"annotation": ref.annotation.model_copy(update={"version": version})}
-            )
-        f, meta = read_frames(root, keys, ref.name, ref.max_episodes, shards)
-        frames.append(f)
-        info.append(
-            {
-                "kind": kind,
-                "name": f.name,
-                "uri": root.uri,
-                "digest": digest or meta["digest"],
-                "episodes": len(f.episode_bounds),
-                "meta_name": str(meta.get("name") or f.name),
-            }
-        )
-        thresholds.append((ref.sigma_min, ref.sigma_max) if kind == "corrupt" else (0.0, 0.0))
-        pinned.append((kind, ref))
-    p = cfg.policy
-    spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
-    data = ChunkDataset(frames, spec_c, task.obs_keys)
+        raise ConfigError("the mixing settings leave no dataset to train on")
+    keys = [*task.obs_keys, "action"]
+    return [_load_dataset(kind, ref, keys) for kind, ref in groups]
+
+
+@dataclass
+class _Thresholds:
+    n_clean: int
+    sigma_min: np.ndarray | None  # per corrupt chunk
+    sigma_max: np.ndarray | None
+    derived: list[np.ndarray]  # per annotated dataset, the derived sigma_min
+
+
+def _thresholds(cfg: RunConfig, loaded: list[_Loaded], data: ChunkDataset) -> _Thresholds:
+    """Per-chunk thresholds of the corrupt datasets: fixed, or derived from an annotation."""
     n_clean = 0
-    sm_parts, sx_parts = [], []
-    for (kind, ref), (lo, hi), (sm, sx), d in zip(
-        pinned, data.dataset_chunk_ranges, thresholds, info, strict=True
-    ):
-        d["chunks"] = hi - lo
-        if kind == "clean":
+    sm_parts, sx_parts, derived = [], [], []
+    for ds, (lo, hi) in zip(loaded, data.dataset_chunk_ranges, strict=True):
+        ds.info["chunks"] = hi - lo
+        if ds.kind == "clean":
             n_clean += hi - lo
             continue
-        if ref.annotation is not None:
-            per_chunk, d["annotation"] = annotated_sigma_min(
-                ref.annotation, d["meta_name"], data, (lo, hi), cfg.train.seed
+        ann = ds.ref.annotation
+        if ann is not None:
+            per_chunk, ds.info["annotation"] = annotated_sigma_min(
+                ann, ds.info["meta_name"], data, (lo, hi), cfg.train.seed
             )
+            derived.append(per_chunk)
             sm_parts.append(per_chunk)
         else:
-            sm_parts.append(np.full(hi - lo, sm))
-        sx_parts.append(np.full(hi - lo, sx))
+            sm_parts.append(np.full(hi - lo, ds.ref.sigma_min))
+        sx_parts.append(np.full(hi - lo, ds.ref.sigma_max))
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray | None:
+        return np.concatenate(parts) if parts else None
+
+    return _Thresholds(n_clean, cat(sm_parts), cat(sx_parts), derived)
+
+
+def _sampler(cfg: RunConfig, th: _Thresholds, total: int) -> NoiseFirstSampler:
     m = cfg.mixing
     soft = None
     if m.pool == "soft":
-        total = len(data)
-        share = m.soft.max_share if m.soft.max_share is not None else (total - n_clean) / total
+        share = m.soft.max_share if m.soft.max_share is not None else (total - th.n_clean) / total
         soft = LinearRamp(m.soft.low, m.soft.high, share)
-    sampler = NoiseFirstSampler(
-        n_clean,
-        np.concatenate(sm_parts) if sm_parts else None,
-        np.concatenate(sx_parts) if sx_parts else None,
+    return NoiseFirstSampler(
+        th.n_clean,
+        th.sigma_min,
+        th.sigma_max,
         sigmas=ddpm_sigmas(),
         buffer=Buffer(m.buffer_mult, m.buffer_add),
         pool=m.pool,
@@ -160,9 +196,14 @@ def prepare(cfg: RunConfig) -> PreparedRun:
         soft_share=soft,
         seed=cfg.train.seed,
     )
+
+
+def _policy(cfg: RunConfig, task: Task, data: ChunkDataset) -> DiffusionPolicy:
+    p = cfg.policy
+    dims = data.feature_dims()
     spec = PolicySpec(
-        obs_dims={k: data.feature_dims()[k] for k in task.obs_keys},
-        action_dim=data.feature_dims()["action"],
+        obs_dims={k: dims[k] for k in task.obs_keys},
+        action_dim=dims["action"],
         horizon=p.horizon,
         n_obs_steps=p.n_obs_steps,
         n_action_steps=p.n_action_steps,
@@ -171,9 +212,12 @@ def prepare(cfg: RunConfig) -> PreparedRun:
         network_kwargs=p.network_kwargs(),
     )
     torch.manual_seed(cfg.train.seed)
-    policy = DiffusionPolicy(spec, Normalizer.fit(data.features))
+    return DiffusionPolicy(spec, Normalizer.fit(data.features))
+
+
+def _train_config(cfg: RunConfig) -> TrainConfig:
     t = cfg.train
-    tc = TrainConfig(
+    return TrainConfig(
         steps=t.steps,
         batch_size=t.batch_size,
         lr=t.lr,
@@ -181,107 +225,30 @@ def prepare(cfg: RunConfig) -> PreparedRun:
         warmup_steps=t.warmup_steps,
         grad_clip=t.grad_clip,
         ema_power=t.ema_power,
-        corrupt_loss=m.corrupt_loss,
+        corrupt_loss=cfg.mixing.corrupt_loss,
         noise_seed=t.noise_seed,
         seed=t.seed,
         log_every=t.log_every,
         rounds=t.rounds,
         device=t.device,
     )
-    return PreparedRun(task, make_state(policy, sampler, tc), data, info)
 
 
-def load_annotation(ann: AnnotationRef) -> tuple[StorageRoot, int, dict[str, Any]]:
-    """(root, version, manifest) of the annotation a config names (latest if no version)."""
-    from jobs.annotate import MANIFEST_DIR, latest_manifest
-
-    root = StorageRoot(resolve_location(ann.path))
-    if ann.version is None:
-        version, manifest = latest_manifest(root)
-        if manifest is None:
-            raise DataError(f"{root.uri} has no committed annotation manifest")
-        return root, version, manifest
-    key = f"{MANIFEST_DIR}/v{ann.version}.json"
-    if not root.exists(key):
-        raise DataError(f"annotation {root.uri} has no version {ann.version}")
-    return root, ann.version, root.read_json(key)
+def prepare(cfg: RunConfig) -> PreparedRun:
+    """Load data, build sampler, normaliser, policy and optimiser state."""
+    task = get_task(cfg.task)
+    ensure_generated(cfg)
+    loaded = _load_datasets(cfg, task)
+    p = cfg.policy
+    spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
+    data = ChunkDataset([ds.frames for ds in loaded], spec_c, task.obs_keys)
+    th = _thresholds(cfg, loaded, data)
+    sampler = _sampler(cfg, th, len(data))
+    state = make_state(_policy(cfg, task, data), sampler, _train_config(cfg))
+    return PreparedRun(task, state, data, [ds.info for ds in loaded], th.derived)
 
 
-def annotated_shards(ann: AnnotationRef, data: StorageRoot) -> tuple[list[str], int, str]:
-    """The shard keys of a corrupt dataset that its annotation manifest names (readers trust
-    only those: shards that landed later are not annotated yet); a shard that changed since
-    it was annotated is an error, not a silent mismatch of curves and frames."""
-    from ambient_platform.datasets import read_meta
-
-    root, version, manifest = load_annotation(ann)
-    meta_name = read_meta(data).get("name") or data.uri.rstrip("/").rsplit("/", 1)[-1]
-    dataset = ann.dataset or str(meta_name)
-    entries = [e for e in manifest["shards"] if e["dataset"] == dataset]
-    if not entries:
-        raise DataError(
-            f"annotation {root.uri} v{version} has no shards of dataset {dataset!r} "
-            f"(it has {sorted(manifest['datasets'])})"
-        )
-    listing = {f.key: f for f in data.list("data/")}
-    for e in entries:
-        now = listing.get(e["input_key"])
-        if now is None or (now.size, now.etag_or_mtime) != (e["input_size"], e["input_etag"]):
-            raise DataError(
-                f"{data.uri_for(e['input_key'])} is {'gone' if now is None else 'changed'} "
-                f"since annotation {root.uri} v{version}; re-annotate (ambient watch) first"
-            )
-    digest = manifest["datasets"].get(dataset, {}).get("digest", "")
-    return [e["input_key"] for e in entries], version, digest
-
-
-def annotated_sigma_min(
-    ann: AnnotationRef, dataset: str, data: ChunkDataset, chunks: tuple[int, int], seed: int
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-chunk sigma_min of chunks [lo, hi) from an annotation's score curves (no classifier).
-
-    A chunk is matched to the annotated row of its current frame (start + T_o - 1).
-    """
-    from jobs.annotate import MANIFEST_DIR, curve_column, manifest_digest, read_curves
-
-    root, version, manifest = load_annotation(ann)
-    name = ann.dataset or dataset
-    table = read_curves(root, manifest, name, ann.epoch)
-    key = (
-        table.column("episode_index").to_numpy() * (1 << 32)
-        + table.column("frame_index").to_numpy()
-    )
-    order = np.argsort(key)
-    lo, hi = chunks
-    want = data.chunk_episode[lo:hi] * (1 << 32) + data.chunk_frame[lo:hi] + data.spec.pad_before
-    pos = np.clip(np.searchsorted(key[order], want), 0, len(key) - 1)
-    found = key[order][pos] == want
-    if not found.all():
-        i = int(np.flatnonzero(~found)[0])
-        raise DataError(
-            f"annotation {root.uri} v{version} lacks dataset {name!r} episode "
-            f"{int(data.chunk_episode[lo + i])} frame {int(want[i] % (1 << 32))} "
-            f"({int((~found).sum())} chunks missing; skipped shards?)"
-        )
-    col = table.column(curve_column(ann.epoch)).combine_chunks()
-    curves = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
-    sm = derive_sigma_min(
-        curves[order[pos]],
-        np.asarray(manifest["grid_sigmas"]),
-        ann.tau,
-        ann.granularity,
-        groups=data.chunk_episode[lo:hi],
-        n_buckets=ann.n_buckets,
-        bucket_mode=ann.bucket_mode,
-        smoothing=ann.smoothing,
-        seed=seed,
-    )
-    digest = manifest_digest(manifest)
-    info = {
-        "uri": f"{root.uri}/{MANIFEST_DIR}/v{version}.json",
-        "digest": digest,
-        "mean_sigma_min": float(sm.mean()),
-    }
-    return sm, info
+# ------------------------------------------------------------------------------ running
 
 
 def evaluate_policy(
@@ -333,22 +300,21 @@ class MlflowLogger(Callback):
         return False
 
 
-class ProgressPrinter(Callback):
-    """One line per logging window on stderr: step, loss, corrupt share, speed, ETA."""
+class ProgressBar(Callback):
+    """A tqdm bar over training steps with the latest loss and corrupt share (only where this
+    module logs at INFO: the CLI, not a sweep's Ray workers)."""
 
     def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.t0 = name, total, time.perf_counter()
+        self.bar = tqdm(total=total, desc=name, unit="step", disable=None)
+        self.step = 0
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        el = time.perf_counter() - self.t0
-        eta = el / step * (self.total - step)
-        print(
-            f"[{self.name}] step {step}/{self.total} loss {metrics['loss']:.4f} "
-            f"corrupt {metrics['corrupt_share']:.2f} {metrics['steps_per_s']:.1f} it/s "
-            f"eta {eta:.0f}s",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.bar.update(step - self.step)
+        self.step = step
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", corrupt=metrics["corrupt_share"])
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def plot_sampler(sampler: NoiseFirstSampler, path: Path) -> None:
@@ -371,6 +337,129 @@ def plot_sampler(sampler: NoiseFirstSampler, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _open_tracker(
+    cfg: RunConfig,
+    tracking_uri: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    run_id: str | None,
+) -> tuple[RunTracker, bool]:
+    """(tracker, whether params and inputs still need logging): a new run, or ``run_id``
+    reopened (a retried or resumed sweep trial) with params logged only if it has none."""
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)
+    if run_id is None:
+        run_name = cfg.tracking.run_name or cfg.name
+        all_tags = {"task": cfg.task, **(tags or {})}
+        return RunTracker.start(
+            uri, cfg.tracking.experiment, run_name, parent_run_id, all_tags
+        ), True
+    tracker = RunTracker(uri, run_id)
+    retry_locked(tracker.client.update_run, run_id, status="RUNNING")
+    log_params = not retry_locked(tracker.client.get_run, run_id).data.params
+    if tags:
+        tracker.set_tags(tags)
+    return tracker, log_params
+
+
+def _log_inputs(tracker: RunTracker, cfg: RunConfig, run: PreparedRun) -> None:
+    """Params (the config as given), dataset and annotation inputs, the derived sigma_min."""
+    tracker.log_params(flatten(cfg))
+    for d in run.datasets:
+        tracker.log_dataset(d["name"], d["digest"], d["uri"], d["kind"])
+        if "annotation" in d:
+            a = d["annotation"]
+            tracker.log_dataset(f"{d['name']}-annotation", a["digest"], a["uri"], "annotation")
+    sampler = run.state.sampler
+    tracker.set_tags({"chunks_clean": sampler.n_clean, "chunks_corrupt": sampler.n_corrupt})
+    derived = run.derived_sigma_min
+    if derived:
+        # The thresholds the run really uses: data.corrupt.N.sigma_min is 0.0 in the params.
+        tracker.set_tags({"sigma_min_source": "annotation"})
+        for i, sm in enumerate(derived):
+            prefix = "sigma_min" if len(derived) == 1 else f"sigma_min/{i}"
+            tracker.log_metrics(sigma_min_metrics(sm, prefix), 0)
+
+
+@dataclass
+class _Training:
+    """One run in progress: what ``run_training`` needs between its steps."""
+
+    cfg: RunConfig
+    run: PreparedRun
+    tracker: RunTracker | None
+    out_dir: Path
+    t0: float
+
+    def fit(self, report: Any) -> MlflowLogger:
+        logger_cb = MlflowLogger(self.tracker, self.run, self.cfg, report)
+        callbacks: list[Callback] = [logger_cb]
+        bar = None
+        if logger.isEnabledFor(logging.INFO):
+            bar = ProgressBar(self.cfg.name, self.cfg.train.steps)
+            callbacks.append(bar)
+        try:
+            train(self.run.state, self.run.data, callbacks)
+        finally:
+            if bar is not None:
+                bar.close()
+        return logger_cb
+
+    def stopped(self, ckpt: Path, last_round: dict[str, float], train_s: float) -> dict:
+        """ASHA stopped the run: no final evaluation, the last round's metrics stand."""
+        state = self.run.state
+        if self.tracker is not None:
+            self.tracker.log_metrics({"time/train_s": train_s}, state.step)
+            self.tracker.set_tags({"stopped_early": "true", "stopped_at_round": state.round})
+        return {
+            "metrics": last_round,
+            "checkpoint": str(ckpt),
+            "steps": state.step,
+            "history": state.history,
+            "stopped_early": True,
+            "time/train_s": train_s,
+            "time/eval_s": 0.0,
+        }
+
+    def evaluate(self, ckpt: Path, train_s: float) -> dict:
+        """The final evaluation, its plot and metrics file, logged with the artifacts."""
+        cfg, run, out_dir = self.cfg, self.run, self.out_dir
+        t1 = time.perf_counter()
+        res = evaluate_policy(run.task, run.state.eval_policy, cfg, cfg.eval.episodes)
+        eval_s = time.perf_counter() - t1
+        if cfg.eval.plot:
+            res.plot(out_dir / "rollouts.png")
+        final = {f"eval/{k}": v for k, v in res.metrics.items()}
+        timing = {"time/train_s": train_s, "time/eval_s": eval_s}
+        (out_dir / "metrics.json").write_text(json.dumps({**final, **timing}, indent=2))
+        if self.tracker is not None:
+            self.tracker.log_metrics({**final, **timing}, run.state.step)
+            for name in ("config.yaml", "sampler.png", "rollouts.png", "metrics.json"):
+                if (out_dir / name).exists():
+                    self.tracker.log_artifact(out_dir / name)
+            self.tracker.log_artifact(ckpt, "checkpoint")
+        return {
+            "metrics": res.metrics,
+            "checkpoint": str(ckpt),
+            "steps": run.state.step,
+            "history": run.state.history,
+            **timing,
+        }
+
+    def body(self, log_params: bool, report: Any) -> dict:
+        cfg, run = self.cfg, self.run
+        if self.tracker is not None and log_params:
+            _log_inputs(self.tracker, cfg, run)
+        config = cfg.model_dump(mode="json")
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        plot_sampler(run.state.sampler, self.out_dir / "sampler.png")
+        cb = self.fit(report)
+        train_s = time.perf_counter() - self.t0
+        ckpt = save_checkpoint(self.out_dir / "checkpoint", run.state, {"config": config})
+        if cb.stopped_early:
+            return self.stopped(ckpt, cb.last_round, train_s)
+        return self.evaluate(ckpt, train_s)
+
+
 def run_training(
     cfg: RunConfig,
     tracking_uri: str | None = None,
@@ -378,7 +467,6 @@ def run_training(
     tags: dict[str, str] | None = None,
     report: Any = None,
     track: bool = True,
-    verbose: bool = False,
     run_id: str | None = None,
     resume_from: str | None = None,
 ) -> dict[str, Any]:
@@ -390,7 +478,7 @@ def run_training(
     an existing MLflow run (a retried or resumed sweep trial) instead of creating one; params
     and dataset inputs are logged only if the run has none yet. ``resume_from`` is a checkpoint
     directory (``save_checkpoint``) to continue from: weights, optimiser, schedule, EMA, sampler
-    RNG, step and round.
+    RNG, step and round. Progress is a tqdm bar where this module logs at INFO (the CLI).
     """
     configure_environment()
     if cfg.train.threads:
@@ -399,99 +487,17 @@ def run_training(
     run = prepare(cfg)
     if resume_from is not None:
         restore_state(resume_from, run.state)
-    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)
-    tracker = None
-    log_params = True
-    if track and run_id is not None:
-        tracker = RunTracker(uri, run_id)
-        _retry(tracker.client.update_run, run_id, status="RUNNING")
-        log_params = not _retry(tracker.client.get_run, run_id).data.params
-        if tags:
-            tracker.set_tags(tags)
-    elif track:
-        tracker = RunTracker.start(
-            uri,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name or cfg.name,
-            parent_run_id,
-            {"task": cfg.task, **(tags or {})},
-        )
+    tracker, log_params = None, False
+    if track:
+        tracker, log_params = _open_tracker(cfg, tracking_uri, parent_run_id, tags, run_id)
     base = resolve_local(cfg.output_dir) if cfg.output_dir else ambient_home() / "runs"
-    out_dir = base / (
-        f"{cfg.name}-{tracker.run_id[:8]}" if tracker else f"{cfg.name}-{int(time.time())}"
-    )
+    tag = tracker.run_id[:8] if tracker else str(int(time.time()))
+    out_dir = base / f"{cfg.name}-{tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"run_id": tracker.run_id if tracker else None, "dir": str(out_dir)}
-
-    def body() -> None:
-        if tracker is not None and log_params:
-            tracker.log_params(flatten(cfg))
-            for d in run.datasets:
-                tracker.log_dataset(d["name"], d["digest"], d["uri"], d["kind"])
-                if "annotation" in d:
-                    a = d["annotation"]
-                    tracker.log_dataset(
-                        f"{d['name']}-annotation", a["digest"], a["uri"], "annotation"
-                    )
-            tracker.set_tags(
-                {
-                    "chunks_clean": run.state.sampler.n_clean,
-                    "chunks_corrupt": run.state.sampler.n_corrupt,
-                }
-            )
-        (out_dir / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        )
-        plot_sampler(run.state.sampler, out_dir / "sampler.png")
-        logger = MlflowLogger(tracker, run, cfg, report)
-        callbacks: list[Callback] = [logger]
-        if verbose:
-            callbacks.append(ProgressPrinter(cfg.name, cfg.train.steps))
-        train(run.state, run.data, callbacks)
-        train_s = time.perf_counter() - t0
-        ckpt = save_checkpoint(
-            out_dir / "checkpoint", run.state, {"config": cfg.model_dump(mode="json")}
-        )
-        if logger.stopped_early:
-            if tracker is not None:
-                tracker.log_metrics({"time/train_s": train_s}, run.state.step)
-                tracker.set_tags({"stopped_early": "true", "stopped_at_round": run.state.round})
-            result.update(
-                metrics=logger.last_round,
-                checkpoint=str(ckpt),
-                steps=run.state.step,
-                history=run.state.history,
-                stopped_early=True,
-                **{"time/train_s": train_s, "time/eval_s": 0.0},
-            )
-            return
-        t1 = time.perf_counter()
-        res = evaluate_policy(run.task, run.state.eval_policy, cfg, cfg.eval.episodes)
-        eval_s = time.perf_counter() - t1
-        if cfg.eval.plot:
-            res.plot(out_dir / "rollouts.png")
-        final = {f"eval/{k}": v for k, v in res.metrics.items()}
-        timing = {"time/train_s": train_s, "time/eval_s": eval_s}
-        (out_dir / "metrics.json").write_text(json.dumps({**final, **timing}, indent=2))
-        if tracker is not None:
-            tracker.log_metrics({**final, **timing}, run.state.step)
-            for name in ("config.yaml", "sampler.png", "rollouts.png", "metrics.json"):
-                if (out_dir / name).exists():
-                    tracker.log_artifact(out_dir / name)
-            tracker.log_artifact(ckpt, "checkpoint")
-        result.update(
-            metrics=res.metrics,
-            checkpoint=str(ckpt),
-            steps=run.state.step,
-            history=run.state.history,
-            **timing,
-        )
-
-    if tracker is None:
-        body()
-    else:
-        with tracker.active():
-            body()
+    job = _Training(cfg, run, tracker, out_dir, t0)
+    with tracker.active() if tracker is not None else contextlib.nullcontext():
+        result.update(job.body(log_params, report))
     return result
 
 
@@ -531,17 +537,3 @@ def run_eval(
                 tracker.log_artifact(plot)
         out["run_id"] = tracker.run_id
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[])
-    p.add_argument("--tracking-uri")
-    a = p.parse_args(argv)
-    res = run_training(load_run_config(a.config, a.set), a.tracking_uri)
-    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main()

@@ -9,20 +9,24 @@ forwarded; the cluster has its own (instance profile, Kubernetes secret).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ambient_core.errors import SubmitError
+from ambient_core.errors import ServiceError, SubmitError
 from ambient_platform.tracking import SECRET_MARKERS
+
+log = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXCLUDES = [".ambient/", ".venv/", ".work/", ".git/", "*.egg-info/", "__pycache__/"]
@@ -124,8 +128,14 @@ class Submission:
         return cls(tuple(args), f"{ENTRYPOINT} {shlex.join(args)}", runtime_env, submission_id)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class JobClient:
-    """A thin layer over ``ray.job_submission.JobSubmissionClient``."""
+    """A thin layer over ``ray.job_submission.JobSubmissionClient``; an unreachable cluster
+    is a ``ServiceError`` and a refused request a ``SubmitError``, both naming the address."""
 
     def __init__(self, address: str) -> None:
         from ray.job_submission import JobSubmissionClient
@@ -135,17 +145,31 @@ class JobClient:
                 f"--address {address!r}: give the dashboard URL of the head, e.g. http://HEAD:8265"
             )
         self.address = address
-        self.client = JobSubmissionClient(address)
+        with self._calling():
+            self.client = JobSubmissionClient(address)
         self.agent_wait_s = 120.0
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        import requests
+
+        try:
+            yield
+        except (ConnectionError, requests.exceptions.RequestException) as exc:
+            raise ServiceError(
+                f"cannot reach the Ray Jobs API at {self.address} ({_first_line(exc)}); is the "
+                "head up and is this its dashboard URL?"
+            ) from exc
 
     def status(self, submission_id: str) -> str | None:
         """The job's status, or None if there is no job with this id."""
         try:
-            return str(self.client.get_job_status(submission_id).value)
+            with self._calling():
+                return str(self.client.get_job_status(submission_id).value)
         except RuntimeError as exc:
             if "does not exist" in str(exc) or "status code 404" in str(exc):
                 return None
-            raise
+            raise SubmitError(f"{self.address}: job {submission_id}: {_first_line(exc)}") from exc
 
     def submit(self, sub: Submission, retry: bool = False) -> tuple[str, bool]:
         """(submission id, whether a new job was started). An existing pending, running or
@@ -167,25 +191,37 @@ class JobClient:
         deadline = time.monotonic() + self.agent_wait_s
         while True:
             try:
-                self.client.submit_job(
-                    entrypoint=sub.entrypoint,
-                    submission_id=sid,
-                    runtime_env=sub.runtime_env,
-                    metadata={"ambient.command": " ".join(sub.args)[:500]},
-                )
+                with self._calling():
+                    self.client.submit_job(
+                        entrypoint=sub.entrypoint,
+                        submission_id=sid,
+                        runtime_env=sub.runtime_env,
+                        metadata={"ambient.command": " ".join(sub.args)[:500]},
+                    )
                 return sid, True
             except RuntimeError as exc:
                 if "already exists" in str(exc):  # an identical submit won the race
                     return sid, False
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                    raise
+                    raise SubmitError(
+                        f"{self.address} refused job {sid}: {_first_line(exc)}"
+                    ) from exc
+                log.info("the head's job agent is not up yet; retrying in 2 s")
                 time.sleep(2.0)
 
     def logs(self, submission_id: str) -> str:
-        return str(self.client.get_job_logs(submission_id))
+        try:
+            with self._calling():
+                return str(self.client.get_job_logs(submission_id))
+        except RuntimeError as exc:
+            raise SubmitError(f"{self.address}: job {submission_id}: {_first_line(exc)}") from exc
 
     def stop(self, submission_id: str) -> bool:
-        return bool(self.client.stop_job(submission_id))
+        try:
+            with self._calling():
+                return bool(self.client.stop_job(submission_id))
+        except RuntimeError as exc:
+            raise SubmitError(f"{self.address}: job {submission_id}: {_first_line(exc)}") from exc
 
     def follow(
         self,

@@ -1,26 +1,30 @@
 """``ambient watch``: run re-annotation passes on a schedule (or once, for cron / RayCronJob).
 
 The loop is deliberately simple: a pass, then sleep until the schedule's next time. A failing
-pass (storage down, cluster gone) is reported and retried at the next time rather than ending
-the watcher; ``--once`` instead exits non-zero so cron and Kubernetes see the failure.
+pass (storage down, cluster gone) is logged and retried at the next time rather than ending
+the watcher; ``--once`` instead lets the error end the command, so cron and Kubernetes see it
+(the exit codes of ``ambient watch --once`` are listed in its ``--help``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ambient_core.errors import ConfigError
 from ambient_platform.config import apply_overrides, load_yaml
+from ambient_platform.config.sweep import load_sweep
+from ambient_platform.config.watch import WatchConfig
 from ambient_platform.settings import resolve_location
 from ambient_platform.storage import StorageRoot
-from ambient_platform.sweep_config import load_sweep
-from ambient_platform.watch_config import WatchConfig
 from orchestrator.sweep import run_sweep, sweep_started
+
+logger = logging.getLogger(__name__)
 
 PassFn = Callable[[WatchConfig], dict[str, Any]]
 
@@ -36,11 +40,12 @@ def watch(
     once: bool = False,
     max_passes: int | None = None,
     stop: threading.Event | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = logger.info,
 ) -> list[dict[str, Any]]:
     """Run passes until ``stop`` is set or ``max_passes`` are done; returns their summaries.
 
-    With ``once`` a single pass runs and its exception propagates.
+    ``echo`` receives one JSON line per pass (the CLI prints it). With ``once`` a single pass
+    runs and its exception propagates.
     """
     stop = stop or threading.Event()
     results: list[dict[str, Any]] = []
@@ -52,7 +57,7 @@ def watch(
             if once:
                 raise
             res = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            echo(traceback.format_exc().rstrip())
+            logger.exception("watch pass failed; retrying at the next scheduled time")
         res["started"] = started.isoformat(timespec="seconds")
         results.append(res)
         echo(json.dumps(_brief(res), default=str))
@@ -62,7 +67,7 @@ def watch(
         now = _utcnow()
         if nxt <= now:  # the pass overran its slot: skip to the next one still ahead
             nxt = cfg.schedule.next_after(now) if cfg.schedule.cron else now
-        echo(f"[watch] next pass at {nxt.isoformat(timespec='seconds')}")
+        logger.info("next pass at %s", nxt.isoformat(timespec="seconds"))
         stop.wait(max(0.0, (nxt - _utcnow()).total_seconds()))
     return results
 
@@ -90,7 +95,8 @@ def follow_up_sweep(cfg: WatchConfig, version: int, root: StorageRoot) -> dict[s
     """Run ``on_new_data.sweep`` with every annotation reference to ``root`` pinned to
     ``version``; the sweep is named after the spec, the annotation and the version, so a
     follow-up interrupted by a crash resumes instead of starting twice."""
-    assert cfg.on_new_data is not None
+    if cfg.on_new_data is None:
+        raise ConfigError(f"watch {cfg.name!r} has no on_new_data sweep")
     spec = cfg.on_new_data.sweep
     sets = [s.replace("{version}", str(version)) for s in cfg.on_new_data.set]
     sweep = load_sweep(spec, sets)
@@ -101,7 +107,7 @@ def follow_up_sweep(cfg: WatchConfig, version: int, root: StorageRoot) -> dict[s
         and StorageRoot(resolve_location(ref["annotation"]["path"])).uri == root.uri
     ]
     if not pins:
-        raise ValueError(
+        raise ConfigError(
             f"follow-up sweep {spec} reads no annotation at {root.uri}; point one of its "
             "data.corrupt.N.annotation.path at it"
         )

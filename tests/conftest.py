@@ -1,11 +1,19 @@
-"""Shared fixtures: environment hygiene and one moto S3 server per test session."""
+"""Shared fixtures and helpers: environment hygiene, free ports, process-tree kills, one moto S3
+server and one Ray instance per test session.
+
+Test modules import the helpers directly: ``from conftest import free_port, kill_tree``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,17 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("AMBIENT_TEST_WORK", ROOT / ".work")).resolve()
 
 # Nothing may be written outside the project or sent anywhere: set before ray/mlflow import.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MPLCONFIGDIR", str(WORK / "mpl"))
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-os.environ.setdefault("MPLBACKEND", "Agg")
 # Relative data paths, SQLite store and run dirs of tests live here, never in ./.ambient.
 os.environ["AMBIENT_HOME"] = str(WORK / "home")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Tests have no instance role: boto3 must not probe the EC2 metadata service for credentials.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+from ambient_platform.settings import configure_environment  # noqa: E402
+
+configure_environment()  # settings.QUIET_ENV, MPLCONFIGDIR under AMBIENT_HOME, MPLBACKEND=Agg
 
 import torch  # noqa: E402
 
@@ -37,6 +43,61 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs whose process group is ``pgid`` (includes children already reparented to init)."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+    return members
+
+
+def kill_tree(pid: int, timeout: float = 30.0) -> list[int]:
+    """kill -9 ``pid`` and every process it started, wait until they are gone; returns the
+    PIDs still alive after ``timeout`` (normally none). A process already gone is fine, and
+    the caller's ``Popen`` still reaps its own child (returncode -9).
+
+    Descendants are collected before the kill, since they are reparented once their parent
+    dies. When ``pid`` leads its own process group (``start_new_session=True``), the whole group
+    goes too, which also catches grandchildren reparented earlier (Ray's agents, say).
+    """
+    import psutil
+
+    pids = {pid}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if pid != os.getpgrp() and os.getpgid(pid) == pid:
+            pids.update(_group_members(pid))
+            os.killpg(pid, signal.SIGKILL)
+    procs = []
+    for p in sorted(pids):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc = psutil.Process(p)
+            proc.kill()
+            procs.append(proc)
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        procs = [proc for proc in procs if _running(proc)]
+        if procs:
+            time.sleep(0.05)
+    return [proc.pid for proc in procs]
+
+
+def _running(proc: Any) -> bool:
+    """Alive and not a zombie. Zombies are left for their parent to reap, so a caller's
+    ``Popen.wait()`` still sees the real exit status (-9)."""
+    import psutil
+
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture(scope="session")

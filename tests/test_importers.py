@@ -11,11 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
+from click.testing import CliRunner
 
 from ambient_core.data import DataError
 from ambient_platform.datasets import read_frames, read_meta
 from ambient_platform.storage import StorageRoot
-from jobs.importers import import_lerobot, import_zarr, main, parse_mapping
+from jobs.importers import import_lerobot, import_zarr, parse_mapping
+from orchestrator.cli import main as cli
 
 Truth = dict[int, dict[str, np.ndarray]]
 Row = tuple[int, int, dict[str, np.ndarray]]
@@ -201,6 +203,19 @@ def test_lerobot_nan_names_the_episode(tmp_path: Path) -> None:
         import_lerobot(tmp_path / "ds", tmp_path / "out")
 
 
+def test_lerobot_duplicate_episode_and_truncated_file(tmp_path: Path) -> None:
+    make_lerobot_v2(tmp_path / "ds", ep_ids=(0, 1, 2))
+    first = tmp_path / "ds" / "data" / "chunk-000" / "episode_000000.parquet"
+    copy = tmp_path / "ds" / "data" / "chunk-000" / "episode_000009.parquet"
+    copy.write_bytes(first.read_bytes())  # a second file holding episode 0 again
+    with pytest.raises(DataError, match=r"episode_000009.parquet: episode 0 is also in .*000000"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+    copy.write_bytes(first.read_bytes()[:-20])  # a download cut short: no Parquet footer
+    with pytest.raises(DataError, match=r"episode_000009.parquet: not a readable Parquet file"):
+        import_lerobot(tmp_path / "ds", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_lerobot_version_and_layout_errors(tmp_path: Path) -> None:
     make_lerobot_v2(tmp_path / "ds")
     info_path = tmp_path / "ds" / "meta" / "info.json"
@@ -345,18 +360,23 @@ def test_zarr_to_s3(tmp_path: Path, s3_bucket: str) -> None:
 # ----------------------------------------------------------------------------------- CLI
 
 
-def test_cli_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_json(tmp_path: Path) -> None:
+    runner = CliRunner()
     make_zarr(tmp_path / "r.zarr")
     out = tmp_path / "out"
-    main(["zarr", str(tmp_path / "r.zarr"), "--out", str(out), "--map", "observation.goal=target"])
-    result = json.loads(capsys.readouterr().out)
+    args = ["data", "import", "zarr", str(tmp_path / "r.zarr"), "--out", str(out)]
+    res = runner.invoke(cli, [*args, "--map", "observation.goal=target"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
     assert result["episodes"] == 3 and result["features"]["observation.goal"]["shape"] == [2]
     make_lerobot_v2(tmp_path / "ds")
-    main(["lerobot", str(tmp_path / "ds"), "--out", str(tmp_path / "o2"), "--map", "action="])
-    assert list(json.loads(capsys.readouterr().out)["features"]) == ["observation.state"]
-    with pytest.raises(SystemExit) as exc:
-        main(["lerobot", str(tmp_path / "ds"), "--out", str(tmp_path / "o2")])
-    assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+    args = ["data", "import", "lerobot", str(tmp_path / "ds"), "--out", str(tmp_path / "o2")]
+    res = runner.invoke(cli, [*args, "--map", "action="])
+    assert res.exit_code == 0, res.output
+    assert list(json.loads(res.stdout)["features"]) == ["observation.state"]
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert again.stderr.startswith("error: ") and "Traceback" not in again.output
     assert parse_mapping(["a.b=c", "x="]) == {"a.b": "c", "x": None}
     with pytest.raises(DataError, match="OURS=THEIRS"):
         parse_mapping(["nope"])

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import kill_tree
 
+from ambient_core.errors import ConfigError, DataError, LeaseError, NotFoundError
+from ambient_platform.settings import resolve_local, resolve_location
 from ambient_platform.storage import (
     FileInfo,
+    LeaseKeeper,
     StorageError,
     StorageRoot,
     s3_endpoint_from_env,
@@ -364,6 +372,21 @@ def test_local_failed_fsync_leaves_nothing(
     assert os.listdir(tmp_path / "d") == []
 
 
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC, errno.EROFS])
+def test_local_user_fixable_errors_name_the_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    root = StorageRoot(tmp_path)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(StorageError, match=f"cannot write {root.uri_for('d/k.bin')}: "):
+        root.write_bytes("d/k.bin", b"new")
+    assert os.listdir(tmp_path / "d") == []
+
+
 def test_local_files_get_umask_permissions(tmp_path: Path) -> None:
     root = StorageRoot(tmp_path)
     root.write_bytes("k.bin", b"1")
@@ -552,3 +575,114 @@ def test_endpoint_from_environment(
     assert s3_endpoint_from_env() == "http://127.0.0.1:9"
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert s3_endpoint_from_env() is None
+
+
+# ------------------------------------------------------------------- one error hierarchy
+
+
+def test_errors_are_ambient_errors(root: StorageRoot) -> None:
+    """Missing files, bad keys, bad JSON and busy leases raise the project's error types,
+    which still are the builtins older callers catch."""
+    with pytest.raises(NotFoundError) as missing:
+        root.read_bytes("nope.bin")
+    assert isinstance(missing.value, FileNotFoundError)
+    assert str(missing.value) == f"no such file or object: {root.uri_for('nope.bin')}"
+    with pytest.raises(NotFoundError):
+        root.open_input("nope.bin")
+    with pytest.raises(ConfigError, match=r"'\.\.'"):
+        root.read_bytes("a/../b")
+    with pytest.raises(ConfigError, match="run name"):
+        validate_name("a/b", what="run name")
+    root.write_bytes("bad.json", b"{")
+    with pytest.raises(DataError, match="bad.json is not valid JSON"):
+        root.read_json("bad.json")
+    with pytest.raises(DataError, match="nan.json"):
+        root.write_json("nan.json", {"x": float("inf")})
+    assert root.acquire_lease("lease", "someone-else", ttl_s=30)
+    with LeaseKeeper(root, "lease", "me", ttl_s=30) as keeper:
+        assert not keeper.held
+        with pytest.raises(LeaseError, match="held by someone-else.*; use another --name"):
+            keeper.require("use another --name")
+
+
+def test_unreachable_endpoint_names_it_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://AKIDUSER:s3cr3tpass@127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    root = StorageRoot("s3://some-bucket/p")
+    for call in (lambda: root.read_bytes("k"), lambda: root.exists("k")):
+        with pytest.raises(StorageError) as info:
+            call()
+        message = str(info.value)
+        assert "127.0.0.1:9" in message and "s3://some-bucket/p/k" in message, message
+        assert "s3cr3tpass" not in message and "AKIDUSER" not in message
+        assert "\n" not in message
+
+
+# ------------------------------------------------- relative locations stay inside their root
+
+
+@pytest.mark.parametrize("escape", ["../../etc", "..", "a/../../b", "./../x", "data/../../.."])
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_relative_location_cannot_leave_storage_root(
+    storage: str, escape: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path / "store") if storage == "local" else "s3://lab/ambient"
+    monkeypatch.setenv("AMBIENT_STORAGE", root)
+    with pytest.raises(ConfigError) as info:
+        resolve_location(escape)
+    assert repr(escape) in str(info.value) and root in str(info.value)
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_relative_location_is_normalised_inside_root(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path / "store") if storage == "local" else "s3://lab/ambient"
+    monkeypatch.setenv("AMBIENT_STORAGE", root)
+    assert resolve_location("data/maze") == f"{root}/data/maze"
+    assert resolve_location("data/../annotations/./a") == f"{root}/annotations/a"
+    # What the user names explicitly is theirs to choose.
+    assert resolve_location("/abs/elsewhere") == "/abs/elsewhere"
+    assert resolve_location("s3://other/x") == "s3://other/x"
+    assert resolve_location(tmp_path.as_uri()) == tmp_path.as_uri()
+    assert resolve_location("~/x") == os.path.expanduser("~/x")
+
+
+def test_resolve_local_stays_in_ambient_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMBIENT_HOME", str(tmp_path / "home"))
+    home = tmp_path / "home"
+    assert resolve_local("runs/a") == home / "runs" / "a"
+    assert resolve_local("runs/../b") == home / "b"
+    assert resolve_local(str(tmp_path / "abs")) == tmp_path / "abs"
+    for escape in ("../x", "runs/../../x"):
+        with pytest.raises(ConfigError) as info:
+            resolve_local(escape)
+        assert repr(escape) in str(info.value) and str(home) in str(info.value)
+    with pytest.raises(ConfigError, match="must be a local path"):
+        resolve_local("s3://lab/runs")
+
+
+# ------------------------------------------------------------------------ shared helpers
+
+
+def test_kill_tree_kills_children_and_tolerates_dead() -> None:
+    code = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not psutil.Process(proc.pid).children():
+        time.sleep(0.05)
+    child = psutil.Process(proc.pid).children()[0]
+    assert kill_tree(proc.pid) == []
+    assert proc.wait(timeout=5) == -9
+    # The grandchild went too (a zombie until its new parent reaps it).
+    with contextlib.suppress(psutil.NoSuchProcess):
+        assert child.status() == psutil.STATUS_ZOMBIE
+    assert kill_tree(proc.pid) == []  # already gone: nothing to do, no error

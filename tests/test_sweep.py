@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from ambient_platform.config import ConfigError
-from ambient_platform.sweep_config import Constraint, OptunaSpace, load_sweep
+from ambient_platform.config.sweep import Constraint, OptunaSpace, load_sweep
 from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

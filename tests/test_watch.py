@@ -26,7 +26,7 @@ from ambient_core.envs import maze
 from ambient_platform.config import ConfigError, load_run_config
 from ambient_platform.datasets import write_dataset
 from ambient_platform.storage import LeaseKeeper, LeaseLost, StorageRoot
-from ambient_platform.watch_config import Cron, WatchConfig, load_watch_config
+from ambient_platform.config.watch import Cron, WatchConfig, load_watch_config
 from jobs.annotate import latest_manifest
 from jobs.reannotate import LEASE_KEY, run_pass
 from jobs.train import prepare

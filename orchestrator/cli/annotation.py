@@ -1,4 +1,10 @@
-"""``ambient classifier|annotate|watch``: the classifier, score-curve annotation, re-annotation."""
+"""``ambient classifier|annotate|watch``: the classifier, score-curve annotation, re-annotation.
+
+Each command turns its flags into the one settings object its job takes
+(``ClassifierTrainConfig``, ``AnnotateConfig``, ``WatchConfig``), so flags, watch files and
+Python callers are validated by the same schema (``ambient_platform.config.annotation``).
+Errors are not caught here: the group's handler prints them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,14 @@ from typing import Any
 
 import click
 
-from ambient_platform.config import ConfigError
-from orchestrator.cli._app import common, fail, main, print_json
+from ambient_platform.config.annotation import DEFAULT_GRID
+from orchestrator.cli._app import common, main, print_json
+
+#: ``ambient watch --once`` exit codes (cron and Kubernetes tell the outcomes apart by them).
+EXIT_COMMITTED = 0
+EXIT_UP_TO_DATE = 3
+EXIT_BUSY = 4
+_ONCE_EXIT = {"committed": EXIT_COMMITTED, "up-to-date": EXIT_UP_TO_DATE, "busy": EXIT_BUSY}
 
 
 @main.group()
@@ -33,64 +45,39 @@ def classifier() -> None:
     multiple=True,
     help="Also condition on this observation history (default: actions only, as ADP).",
 )
-@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--steps-per-epoch", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=300, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--horizon", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--horizon", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def classifier_train(
-    clean: tuple[str, ...],
-    corrupt: tuple[str, ...],
-    name: str,
-    out: str | None,
-    obs_keys: tuple[str, ...],
-    epochs: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    lr: float,
-    horizon: int,
-    seed: int,
-    tracking_uri: str | None,
-) -> None:
+def classifier_train(tracking_uri: str | None, **flags: Any) -> None:
     """Train c(x_s, s) on balanced clean/corrupt batches; saves every epoch (OUT/epoch_E)."""
-    from ambient_core.data import DataError
+    from ambient_platform.config.annotation import ClassifierTrainConfig
+    from ambient_platform.config.base import validate
     from jobs.train_classifier import run_classifier_training
 
-    try:
-        res = run_classifier_training(
-            clean,
-            corrupt,
-            name=name,
-            out=out,
-            obs_keys=obs_keys,
-            horizon=horizon,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            tracking_uri=tracking_uri,
-            verbose=True,
-        )
-    except (DataError, ValueError, OSError) as exc:
-        fail(exc)
-        return
+    cfg = validate(ClassifierTrainConfig, _given(flags), "ambient classifier train")
+    res = run_classifier_training(cfg, tracking_uri=tracking_uri)
     print_json({k: v for k, v in res.items() if k != "history"})
+
+
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags as config fields: repeatable options as lists, unset ones left to the schema."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v is not None}
 
 
 @main.command()
 @common
 @click.option(
     "--data",
-    "datasets",
+    "data",
     multiple=True,
     required=True,
     help="Dataset to annotate (directory or s3:// prefix); repeatable.",
 )
 @click.option(
     "--classifier",
-    "classifier_dir",
     required=True,
     help="Classifier run directory (holds epoch_E/ subdirectories).",
 )
@@ -104,15 +91,18 @@ def classifier_train(
 )
 @click.option("--name", default="annotation", show_default=True)
 @click.option("--out", help="Annotation root (default .ambient/annotations/NAME); s3:// works.")
-@click.option("--grid", help="Comma-separated DDPM levels (default every 3rd level + 99).")
-@click.option("--num-draws", type=click.IntRange(1), default=4, show_default=True)
+@click.option(
+    "--grid",
+    help=f"Comma-separated DDPM levels (default every 3rd level + 99: {len(DEFAULT_GRID)}).",
+)
+@click.option("--num-draws", type=int, default=4, show_default=True)
 @click.option(
     "--obs-key",
     "obs_keys",
     multiple=True,
     help="Observation keys the classifier was trained with.",
 )
-@click.option("--actors", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--actors", type=int, default=1, show_default=True)
 @click.option(
     "--cpus-per-actor",
     type=float,
@@ -134,54 +124,45 @@ def classifier_train(
     help="Threshold used for the logged sigma_min histograms only.",
 )
 def annotate(
-    datasets: tuple[str, ...],
-    classifier_dir: str,
-    epochs: tuple[int, ...],
-    name: str,
-    out: str | None,
     grid: str | None,
-    num_draws: int,
-    obs_keys: tuple[str, ...],
     actors: int,
     cpus_per_actor: float,
     gpus_per_actor: float,
-    skip_bad_shards: bool,
-    tau: float,
     ray_address: str | None,
     tracking_uri: str | None,
+    **flags: Any,
 ) -> None:
     """Score every shard the latest manifest lacks with classifier actors on Ray Data."""
-    from ambient_core.data import DataError
-    from jobs.annotate import DEFAULT_GRID
+    from ambient_core.errors import ConfigError
+    from ambient_platform.config.annotation import AnnotateConfig
+    from ambient_platform.config.base import validate
     from jobs.annotate import annotate as run
 
-    try:
-        levels = [int(x) for x in grid.split(",")] if grid else list(DEFAULT_GRID)
-        res = run(
-            datasets,
-            classifier_dir,
-            epochs,
-            out=out,
-            name=name,
-            grid_levels=levels,
-            num_draws=num_draws,
-            obs_keys=obs_keys,
-            actors=actors,
-            cpus_per_actor=cpus_per_actor,
-            gpus_per_actor=gpus_per_actor,
-            skip_bad_shards=skip_bad_shards,
-            tau=tau,
-            ray_address=ray_address,
-            tracking_uri=tracking_uri,
-            verbose=True,
-        )
-    except (DataError, ValueError, OSError) as exc:
-        fail(exc)
-        return
-    print_json(res)
+    fields = _given(flags)
+    if grid:
+        try:
+            fields["grid_levels"] = [int(x) for x in grid.split(",")]
+        except ValueError:
+            raise ConfigError(f"--grid {grid!r}: give comma-separated integers") from None
+    fields["resources"] = {
+        "actors": actors,
+        "cpus_per_actor": cpus_per_actor,
+        "gpus_per_actor": gpus_per_actor,
+    }
+    cfg = validate(AnnotateConfig, fields, "ambient annotate")
+    print_json(run(cfg, ray_address=ray_address, tracking_uri=tracking_uri))
 
 
-@main.command()
+@main.command(
+    epilog=(
+        "\b\nExit codes with --once:\n"
+        f"  {EXIT_COMMITTED}  a new manifest version was committed\n"
+        f"  {EXIT_UP_TO_DATE}  nothing new: the annotation was up to date\n"
+        f"  {EXIT_BUSY}  busy: another watcher holds the lease; nothing done\n"
+        "  2  a user error (bad watch file, sources, classifier, ...)\n"
+        "  1  an internal error (a bug; the traceback is printed)"
+    )
+)
 @common
 @click.option(
     "--config",
@@ -191,7 +172,11 @@ def annotate(
     help="Watch file (see sweeps/watch/): sources, classifier, schedule, follow-up sweep.",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override.")
-@click.option("--once", is_flag=True, help="One pass, then exit (for cron or a RayCronJob).")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass, then exit with a code that tells its outcome (cron, a RayCronJob).",
+)
 @click.option(
     "--max-passes", type=click.IntRange(1), help="Stop after this many passes (default: never)."
 )
@@ -213,19 +198,14 @@ def watch(
     being written are retried on later passes; permanently bad ones are quarantined and listed.
     Runs every schedule.interval_s seconds or at schedule.cron times (UTC) until Ctrl-C.
     """
-    from ambient_core.data import DataError
-    from ambient_platform.watch_config import load_watch_config
+    from ambient_platform.config.watch import WatchConfig, load_watch_config
     from jobs.reannotate import run_pass
     from orchestrator.watch import follow_up_sweep
     from orchestrator.watch import watch as loop
 
-    try:
-        cfg = load_watch_config(config_path, list(overrides))
-    except ConfigError as exc:
-        fail(exc)
-        return
+    cfg = load_watch_config(config_path, list(overrides))
 
-    def one(c: Any) -> dict[str, Any]:
+    def one(c: WatchConfig) -> dict[str, Any]:
         return run_pass(
             c,
             tracking_uri=tracking_uri,
@@ -237,12 +217,11 @@ def watch(
     try:
         results = loop(cfg, one, once=once, max_passes=max_passes, echo=click.echo)
     except KeyboardInterrupt:
-        click.echo("[watch] stopped")
-        return
-    except (DataError, ValueError, OSError, RuntimeError) as exc:
-        fail(exc)
+        click.echo("[watch] stopped", err=True)
         return
     if once:
         print_json(results[-1])
-        if results[-1].get("status") == "busy":
+        status = str(results[-1].get("status"))
+        if status == "busy":
             click.echo("[watch] another watcher holds the lease; nothing done", err=True)
+        raise click.exceptions.Exit(_ONCE_EXIT.get(status, EXIT_COMMITTED))

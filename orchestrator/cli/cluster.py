@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from orchestrator.cli._app import fail, main
+from ambient_core.errors import SubmitError
+from orchestrator.cli._app import EXIT_INTERRUPTED, main
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -59,25 +60,21 @@ def submit(
     """
     from pathlib import Path
 
-    from orchestrator.submit import JobClient, Submission, SubmitError
+    from orchestrator.submit import JobClient, Submission
 
     env = {}
     for item in env_items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            fail(ValueError(f"--env {item!r} must look like KEY=VALUE"))
+            raise SubmitError(f"--env {item!r} must look like KEY=VALUE")
         env[key] = value
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if storage:
         env["AMBIENT_STORAGE"] = storage
-    try:
-        sub = Submission.build(list(command), Path(working_dir).resolve(), env, submission_id)
-        client = JobClient(address)
-        sid, created = client.submit(sub, retry=retry)
-    except (SubmitError, RuntimeError, ConnectionError) as exc:
-        fail(exc)
-        return
+    sub = Submission.build(list(command), Path(working_dir).resolve(), env, submission_id)
+    client = JobClient(address)
+    sid, created = client.submit(sub, retry=retry)
     verb = "submitted" if created else f"already submitted ({client.status(sid)}); following"
     click.echo(f"[submit] {verb}: {sid}  ({sub.entrypoint})", err=True)
     if no_wait:
@@ -87,7 +84,7 @@ def submit(
         status = client.follow(sid, click.echo, timeout_s=timeout)
     except KeyboardInterrupt:
         click.echo(f"\n[submit] still running: ambient job logs {sid} --address {address}")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(f"[submit] {sid}: {status}", err=True)
     sys.exit(0 if status == "SUCCEEDED" else 1)
 

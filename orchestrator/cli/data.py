@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli._app import common, fail, main, print_json
+from orchestrator.cli._app import common, main, print_json
 
 
 @main.group()
@@ -37,10 +37,7 @@ def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) 
     """Write OUT/clean and OUT/corrupt datasets for TASK and print timings and digests."""
     from jobs.generate import generate
 
-    try:
-        print_json(generate(task.replace("-", "_"), n_clean, n_corrupt, out, seed))
-    except (ValueError, OSError) as exc:
-        fail(exc)
+    print_json(generate(task.replace("-", "_"), n_clean, n_corrupt, out, seed))
 
 
 @data.command("import")
@@ -70,16 +67,11 @@ def data_import(
     overwrite: bool,
 ) -> None:
     """Import a LeRobot v2/v3 dataset or a diffusion_policy zarr replay buffer from PATH."""
-    from ambient_core.data import DataError
     from jobs.importers import import_lerobot, import_zarr, parse_mapping
 
-    try:
-        feats = parse_mapping(list(mapping))
-        if fmt == "lerobot":
-            res = import_lerobot(path, out, feats, source, task, fps, overwrite)
-        else:
-            res = import_zarr(path, out, feats, source, task, fps or 10.0, overwrite)
-    except (DataError, ValueError, OSError) as exc:
-        fail(exc)
-        return
+    feats = parse_mapping(list(mapping))
+    if fmt == "lerobot":
+        res = import_lerobot(path, out, feats, source, task, fps, overwrite)
+    else:
+        res = import_zarr(path, out, feats, source, task, fps or 10.0, overwrite)
     print_json(res)

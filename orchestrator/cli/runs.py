@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from ambient_platform.config import ConfigError
-from orchestrator.cli._app import common, fail, main, print_json
+from ambient_core.errors import ServiceError
+from orchestrator.cli._app import common, main, print_json
+from orchestrator.cli._proc import port_free, run_in_own_group
 
 
 @main.command()
@@ -34,12 +33,8 @@ def train(
     from ambient_platform.config import load_run_config
     from jobs.train import run_training
 
-    try:
-        cfg = load_run_config(config_path, list(overrides))
-    except ConfigError as exc:
-        fail(exc)
-        return
-    res = run_training(cfg, tracking_uri, track=not no_track, verbose=True)
+    cfg = load_run_config(config_path, list(overrides))
+    res = run_training(cfg, tracking_uri, track=not no_track)
     print_json({k: v for k, v in res.items() if k != "history"})
 
 
@@ -101,13 +96,9 @@ def reproduce(
     """Run the paper's table for BENCHMARK and write a markdown + CSV table and a figure."""
     from jobs.reproduce import reproduce as run
 
-    try:
-        res = run(
-            benchmark.replace("-", "_"), seeds, full, out, workers, list(overrides), tracking_uri
-        )
-    except ConfigError as exc:
-        fail(exc)
-        return
+    res = run(
+        benchmark.replace("-", "_"), seeds, full, out, workers, list(overrides), tracking_uri
+    )
     click.echo(res["markdown"])
     click.echo(f"\nwritten: {res['dir']}")
 
@@ -124,27 +115,22 @@ def demo(tracking_uri: str | None) -> None:
 
 @main.command()
 @common
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui(port: int, tracking_uri: str | None) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the local store and print its URL."""
-    import subprocess
+    """Start the MLflow UI on 127.0.0.1 for the local store and print its URL.
+
+    The server runs in its own process group, which ends with this command (Ctrl-C, SIGTERM,
+    SIGHUP or exit), so no server is left serving behind it.
+    """
+    import sys
 
     from ambient_platform.tracking import resolve_tracking_uri
 
+    if not port_free(port):
+        raise ServiceError(f"port {port} on 127.0.0.1 is in use; pick another with --port")
     uri = resolve_tracking_uri(tracking_uri)
     click.echo(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        check=False,
-    )
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    code = run_in_own_group([*cmd, "--host", "127.0.0.1", "--port", str(port)])
+    if code:
+        raise ServiceError(f"the MLflow UI server exited with status {code}")

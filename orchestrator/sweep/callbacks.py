@@ -1,0 +1,246 @@
+"""Driver-side Tune callbacks: MLflow bookkeeping a trial cannot do itself, and the live view
+(the index ``sweep status`` reads, one log line per finished trial, a progress bar with ETA and
+report refreshes as trials finish)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune import Callback
+from tqdm import tqdm
+
+from ambient_platform.config.sweep import SEED_KEY
+from ambient_platform.storage import StorageRoot
+from ambient_platform.tracking import RunTracker
+from jobs.trial import PARAM_SPACE_KEY, close_run, find_trial_run, trial_label
+from orchestrator.sweep.results import fmt
+from orchestrator.sweep.state import SweepIndex, SweepInfo
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0
+DONE = ("finished", "stopped_early", "errored")
+
+
+class TrialRunCloser(Callback):
+    """A trial stopped by the scheduler is killed right after its report, so its child run is
+    ended here: FINISHED with ``stopped_early=true`` (or KILLED if it never reported). A trial
+    whose actor died ends FAILED. Runs the trial already ended are left alone."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+
+    def _run_id(self, trial: Any) -> str | None:
+        last = trial.last_result or {}
+        return last.get("mlflow_run_id") or find_trial_run(
+            self.uri, self.experiment, self.parent_run_id, trial.trial_id
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        try:
+            last = trial.last_result or {}
+            if last.get("final"):
+                return
+            run_id = self._run_id(trial)
+            if run_id is None:
+                return
+            tracker = RunTracker(self.uri, run_id)
+            if "round" not in last:
+                close_run(self.uri, run_id, "KILLED", "stopped before its first report")
+                return
+            tracker.set_tags({"stopped_early": "true", "stopped_at_round": last["round"]})
+            if tracker.status() == "RUNNING":
+                tracker.end("FINISHED")
+        except Exception:  # never take the driver down for bookkeeping
+            logger.exception("closing the MLflow run of trial %s", trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        try:
+            run_id = self._run_id(trial)
+            if run_id is not None:
+                err = getattr(trial, "error_file", None) or "the trial's actor died"
+                close_run(self.uri, run_id, "FAILED", f"Ray trial error: {err}")
+        except Exception:
+            logger.exception("closing the MLflow run of trial %s", trial.trial_id)
+
+
+def outcome_of(status: str, last: dict[str, Any]) -> str:
+    if status == "ERROR":
+        return "errored"
+    if status == "TERMINATED":
+        if last.get("final"):
+            return "finished"
+        return "stopped_early" if "round" in last else "terminated"
+    return status.lower()
+
+
+class SweepMonitor(Callback):
+    """Keeps ``ambient_index.json`` current, logs a line per finished trial, drives a tqdm bar
+    and asks for a report refresh whenever a trial ends."""
+
+    def __init__(
+        self,
+        info: SweepInfo,
+        root: StorageRoot,
+        index: SweepIndex,
+        on_trial_end: Callable[[], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.info, self.root, self.index = info, root, index
+        self.on_trial_end = on_trial_end
+        self.progress = progress
+        self.bar: Any = None
+        self.last_write = 0.0
+        self.started: dict[str, float] = {}
+
+    # -- index
+
+    def _entry(self, trial: Any) -> dict[str, Any]:
+        last = dict(trial.last_result or {})
+        point = dict((trial.config or {}).get(PARAM_SPACE_KEY) or {})
+        seed = point.pop(SEED_KEY, None)
+        old = self.index.trials.get(trial.trial_id, {})
+        entry = {
+            **old,
+            "trial_id": trial.trial_id,
+            "status": trial.status,
+            "outcome": outcome_of(trial.status, last),
+            "label": trial_label(point, self.info.labels, seed),
+            "params": point,
+            "seed": seed,
+        }
+        if "round" in last:
+            entry.update(
+                round=last.get("round"),
+                final=bool(last.get("final")),
+                value=last.get(self.info.metric),
+                mlflow_run_id=last.get("mlflow_run_id"),
+            )
+        return entry
+
+    def _sync(self, trials: list[Any]) -> bool:
+        changed = False
+        for t in trials:
+            e = self._entry(t)
+            if self.index.trials.get(t.trial_id) != e:
+                self.index.trials[t.trial_id] = e
+                changed = True
+        return changed
+
+    def write(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self.last_write >= HEARTBEAT_S:
+            with contextlib.suppress(Exception):
+                self.index.write(self.root)
+            self.last_write = now
+
+    # -- Tune hooks
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        done = sum(1 for t in self.index.trials.values() if t.get("outcome") in DONE)
+        self.bar = tqdm(
+            total=self.index.n_trials,
+            initial=done,
+            desc=f"sweep {self.info.name}",
+            unit="trial",
+            disable=None if self.progress else True,
+            dynamic_ncols=True,
+        )
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.time()
+        self.index.trials[trial.trial_id] = {**self._entry(trial), "started": time.time()}
+        self.write(force=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._sync(trials):
+            self.write(force=True)
+        else:
+            self.write()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, "ERROR")
+
+    def _ended(self, trial: Any, status: str) -> None:
+        """Tune calls the end hooks before it sets the trial's final status: take it from the
+        hook that fired."""
+        entry = self._entry(trial)
+        start = self.started.get(trial.trial_id) or entry.get("started")
+        entry["duration_s"] = time.time() - start if start else None
+        entry["status"] = status
+        entry["outcome"] = outcome_of(status, dict(trial.last_result or {}))
+        self.index.trials[trial.trial_id] = entry
+        self.write(force=True)
+        done = sum(1 for t in self.index.trials.values() if t.get("outcome") in DONE)
+        total = self.index.n_trials or len(self.index.trials)
+        dur = "" if entry["duration_s"] is None else f", {entry['duration_s']:.0f} s"
+        logger.info(
+            "[%d/%d] %s: %s %s (%s%s)",
+            done,
+            total,
+            entry["label"],
+            self.info.metric,
+            fmt(entry.get("value")),
+            entry["outcome"].replace("_", " "),
+            dur,
+        )
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.on_trial_end is not None:
+            self.on_trial_end()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._sync(trials)
+        self.write(force=True)
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Refresher:
+    """Rebuilds the report in a background thread when asked, at most every ``interval_s``
+    (and never more often than 5x the last build took), so trials are not slowed down."""
+
+    def __init__(self, build: Callable[[], None], interval_s: float = 30.0) -> None:
+        self.build, self.interval_s = build, interval_s
+        self.wanted = threading.Event()
+        self.stop = threading.Event()
+        self.last = 0.0
+        self.took = 0.0
+        self.thread = threading.Thread(target=self._loop, name="sweep-report", daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        self.wanted.set()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            if not self.wanted.wait(timeout=1.0):
+                continue
+            wait = max(self.interval_s, 5 * self.took) - (time.time() - self.last)
+            if wait > 0 and self.stop.wait(timeout=wait):
+                return
+            self.wanted.clear()
+            t0 = time.time()
+            try:
+                self.build()
+            except Exception as exc:  # a report must never stop the sweep
+                logger.warning("report refresh failed: %s", exc)
+            self.last, self.took = time.time(), time.time() - t0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)

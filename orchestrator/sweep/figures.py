@@ -1,0 +1,369 @@
+"""The report's figures (matplotlib, Agg, PNG at 160 dpi). Each figure answers one question of
+the researcher; titles say what is shown and the axes carry units or the metric's direction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs.trial import format_value
+from orchestrator.sweep.results import ConfigStats, Results
+from orchestrator.sweep.state import SMOOTHNESS
+from orchestrator.sweep.stats import Importance, pareto_front
+
+DPI = 160
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+#: Lower is better for these task metrics (everything else: higher).
+LOWER_IS_BETTER = ("collision_rate", "velocity_violation_rate", "train_loss", *SMOOTHNESS)
+
+
+def _figure(w: float, h: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _color(i: int) -> str:
+    return COLORS[i % len(COLORS)]
+
+
+# --------------------------------------------------------------------------------------------
+# Metric against each swept parameter
+
+
+@dataclass(frozen=True)
+class Axis:
+    """How one swept parameter is placed on an x axis."""
+
+    numeric: bool
+    categories: list[str]
+    log: bool
+
+    def x(self, v: Any) -> float:
+        if self.numeric:
+            return float(v)
+        return float(self.categories.index(format_value(v)))
+
+
+def param_axis(results: Results, path: str) -> Axis:
+    info = results.info
+    seen = [r.params.get(path) for r in results.rows if path in r.params]
+    spec = info.space.get(path, {})
+    values = spec.get("values") or seen
+    numeric = bool(values) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in [*values, *seen]
+    )
+    if numeric:
+        xs = [float(v) for v in [*values, *seen] if v is not None]
+        wide = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 20
+        return Axis(True, [], bool(spec.get("log")) or wide)
+    cats: list[str] = []
+    for v in [*values, *seen]:
+        if format_value(v) not in cats:
+            cats.append(format_value(v))
+    return Axis(False, cats, False)
+
+
+def _groups(results: Results, path: str) -> dict[str, list[ConfigStats]]:
+    """Configurations grouped by the values of the other swept parameters."""
+    others = [p for p in results.info.paths if p != path]
+    labels = results.info.labels
+    out: dict[str, list[ConfigStats]] = {}
+    for c in results.configs:
+        key = ", ".join(f"{labels.get(p, p)}={format_value(c.params.get(p))}" for p in others)
+        out.setdefault(key or "all", []).append(c)
+    return out
+
+
+def _offsets(n: int, axis: Axis, span: float) -> list[float]:
+    """Horizontal dodge per group so points of different groups do not cover each other."""
+    if n == 1:
+        return [0.0]
+    width = 0.5 if not axis.numeric else span
+    return [width * (i / (n - 1) - 0.5) for i in range(n)]
+
+
+def _jitter_width(axis: Axis, offs: Sequence[float], span: float) -> float:
+    """Half-width of the seed dots' jitter: a quarter of the gap between dodged groups."""
+    gap = abs(offs[1] - offs[0]) if len(offs) > 1 else (0.4 if not axis.numeric else span)
+    return gap / 4
+
+
+def _dodged(x: float, off: float, axis: Axis) -> float:
+    if axis.numeric and axis.log:
+        return x * math.exp(off)
+    return x + off
+
+
+def metric_vs_param(results: Results, path: str, out: Path) -> Path:
+    info = results.info
+    axis = param_axis(results, path)
+    groups = _groups(results, path)
+    xs_all = [axis.x(c.params[path]) for c in results.configs if path in c.params]
+    span = 0.0
+    if axis.numeric and xs_all:
+        lo, hi = min(xs_all), max(xs_all)
+        span = 0.06 if axis.log else 0.03 * ((hi - lo) or abs(hi) or 1.0)
+    offs = _offsets(len(groups), axis, span)
+    fig = _figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    rng = np.random.default_rng(0)
+    for gi, (label, configs) in enumerate(groups.items()):
+        color = _color(gi)
+        pts = sorted(
+            ((_dodged(axis.x(c.params[path]), offs[gi], axis), c) for c in configs),
+            key=lambda t: t[0],
+        )
+        for x, c in pts:
+            if c.values:
+                jit = rng.uniform(-1.0, 1.0, len(c.values)) * _jitter_width(axis, offs, span)
+                ax.scatter(
+                    [_dodged(x, j, axis) for j in jit],
+                    c.values,
+                    s=14,
+                    color=color,
+                    alpha=0.35,
+                    linewidths=0,
+                    zorder=2,
+                )
+            i = c.interval
+            if i.mean is None:
+                continue
+            yerr = None if i.half_width is None else [[i.half_width], [i.half_width]]
+            ax.errorbar(
+                [x], [i.mean], yerr=yerr, fmt="o", ms=6, color=color, capsize=4, lw=1.4, zorder=3
+            )
+            ax.annotate(
+                f"n={i.n}",
+                (x, i.mean),
+                xytext=(6, -3),
+                textcoords="offset points",
+                fontsize=7,
+                color="#555555",
+            )
+        means = [(x, c.interval.mean) for x, c in pts if c.interval.mean is not None]
+        if axis.numeric and len(means) > 1:
+            ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
+        ax.plot([], [], "o", color=color, label=label)
+    _style_param_axis(ax, axis, info.labels.get(path, path), path)
+    better = "lower is better" if info.mode == "min" else "higher is better"
+    ax.set_ylabel(f"{info.metric} ({better})")
+    ax.set_title(
+        f"{info.metric} vs {info.labels.get(path, path)}\nmean over seeds; bars: 95% t-interval "
+        "(none for n = 1); dots: single seeds",
+        fontsize=10,
+    )
+    if len(groups) > 1:
+        ax.legend(
+            title="other parameters",
+            fontsize=8,
+            title_fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _style_param_axis(ax: Any, axis: Axis, label: str, path: str) -> None:
+    if axis.numeric and axis.log:
+        ax.set_xscale("log")
+    if not axis.numeric:
+        ax.set_xticks(range(len(axis.categories)), axis.categories)
+        ax.set_xlim(-0.6, len(axis.categories) - 0.4)
+    ax.set_xlabel(f"{label}   ({path})" if label != path else path)
+
+
+# --------------------------------------------------------------------------------------------
+# Task-level vs motion-level trade-off
+
+
+def gain_metric(results: Results) -> str | None:
+    """The task-level metric of the trade-off plot: the sweep's metric when it is a
+    higher-is-better task metric, else the task's success metric."""
+    info = results.info
+    if info.metric not in LOWER_IS_BETTER and info.metric in info.metrics:
+        return info.metric
+    for m in ("success_rate", "success", "reach_rate"):
+        if m in info.metrics:
+            return m
+    return None
+
+
+def tradeoff(results: Results, out: Path) -> Path | None:
+    """Success (or reach) against smoothness per configuration, Pareto front marked."""
+    info = results.info
+    costs = [m for m in SMOOTHNESS if m in info.metrics]
+    gain = gain_metric(results)
+    if not costs or gain is None:
+        return None
+    fig = _figure(5.2 * len(costs) + 0.6, 4.6)
+    for k, cost in enumerate(costs):
+        ax = fig.add_subplot(1, len(costs), k + 1)
+        _tradeoff_panel(ax, results.configs, cost, gain)
+    fig.suptitle(
+        f"{gain} vs smoothness per configuration (mean over seeds, bars: 95% interval); "
+        "ringed and joined: Pareto front",
+        fontsize=10,
+    )
+    return _save(fig, out)
+
+
+def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: str) -> None:
+    pts = []
+    for c in configs:
+        ci, gi = c.metrics.get(cost), c.metrics.get(gain)
+        if ci is None or gi is None or ci.mean is None or gi.mean is None:
+            continue
+        pts.append((c, ci, gi))
+    front = pareto_front([(ci.mean or 0.0, gi.mean or 0.0) for _, ci, gi in pts])
+    for j, ((c, ci, gi), on) in enumerate(zip(pts, front, strict=True)):
+        ax.errorbar(
+            [ci.mean],
+            [gi.mean],
+            xerr=None if ci.half_width is None else [[ci.half_width], [ci.half_width]],
+            yerr=None if gi.half_width is None else [[gi.half_width], [gi.half_width]],
+            fmt="o",
+            color=_color(j),
+            ms=7,
+            capsize=3,
+            lw=1.2,
+            label=c.label,
+            zorder=3,
+        )
+        if on:
+            ax.scatter([ci.mean], [gi.mean], s=220, facecolors="none", edgecolors="black", lw=1.2)
+    line = sorted(
+        (ci.mean or 0.0, gi.mean or 0.0) for (_, ci, gi), on in zip(pts, front, strict=True) if on
+    )
+    if len(line) > 1:
+        ax.step(*zip(*line, strict=True), where="post", color="black", lw=1, ls="--", zorder=1)
+    ax.set_xlabel(f"{cost} (lower is smoother)")
+    ax.set_ylabel(f"{gain} (higher is better)")
+    ax.grid(alpha=0.3)
+    if not pts:
+        ax.text(0.5, 0.5, "no configuration has both metrics", ha="center", transform=ax.transAxes)
+    elif len(pts) <= 12:
+        ax.legend(fontsize=7, loc="best", frameon=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Annotation: classifier curves and derived sigma_min
+
+
+@dataclass(frozen=True)
+class CurveSet:
+    """Mean score curve of one annotation epoch and the taus swept over it."""
+
+    title: str
+    grid_sigmas: np.ndarray
+    curves: np.ndarray
+    taus: list[float]
+
+
+def classifier_curves(sets: Sequence[CurveSet], out: Path) -> Path | None:
+    if not sets:
+        return None
+    fig = _figure(5.4 * len(sets) + 0.4, 4.4)
+    for k, cs in enumerate(sets):
+        ax = fig.add_subplot(1, len(sets), k + 1)
+        s = cs.grid_sigmas
+        mean = cs.curves.mean(axis=0)
+        lo, hi = np.quantile(cs.curves, [0.1, 0.9], axis=0)
+        ax.fill_between(s, lo, hi, color="#1f77b4", alpha=0.2, label="10-90% of frames")
+        ax.plot(s, mean, color="#1f77b4", lw=2, label="mean P(clean)")
+        for j, tau in enumerate(sorted(set(cs.taus))):
+            color = _color(j + 1)
+            ax.axhline(tau, color=color, ls="--", lw=1.2, label=f"tau = {format_value(tau)}")
+            cross = np.flatnonzero(mean > tau)
+            if len(cross):
+                sm = float(s[cross[0]])
+                ax.axvline(sm, color=color, ls=":", lw=1)
+                ax.annotate(
+                    f"sigma_min = {sm:.3g}",
+                    (sm, tau),
+                    xytext=(4, 6),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=color,
+                )
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("sigma (VP noise level, log scale)")
+        ax.set_ylabel("classifier P(clean | x_sigma)")
+        ax.set_title(cs.title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", frameon=False)
+    fig.suptitle(
+        "Classifier score of the corrupt data vs noise level; dotted: dataset-level sigma_min "
+        "(first sigma where the mean curve exceeds tau)",
+        fontsize=10,
+    )
+    return _save(fig, out)
+
+
+def sigma_min_distribution(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray]], out: Path
+) -> Path | None:
+    """(title, derived sigma_min per annotated frame, grid sigmas) per configuration."""
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(3.3 * cols + 0.3, 2.7 * rows + 0.6)
+    for k, (title, sm, grid) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        edges = np.concatenate([[0.0], (grid[1:] + grid[:-1]) / 2, [1.0]])
+        ax.hist(sm, bins=edges, color="#ff7f0e", weights=np.full(len(sm), 100.0 / max(len(sm), 1)))
+        ax.axvline(float(sm.mean()), color="black", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlim(grid[0] * 0.8, 1.05)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("derived sigma_min", fontsize=8)
+        ax.set_ylabel("% of frames", fontsize=8)
+        ax.tick_params(labelsize=7)
+        never = float((sm >= 1.0).mean())
+        ax.text(
+            0.02,
+            0.95,
+            f"mean {sm.mean():.3g}\nnever used: {100 * never:.0f}%",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=7,
+        )
+    fig.suptitle(
+        "Derived sigma_min per configuration (per annotated frame; dashed: mean)", fontsize=10
+    )
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter importance
+
+
+def importance_bars(imp: Importance, metric: str, out: Path) -> Path | None:
+    if not imp.values:
+        return None
+    names = list(imp.values)[::-1]
+    vals = [imp.values[n] for n in names]
+    fig = _figure(6.5, 1.2 + 0.45 * len(names))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(names, vals, color="#2ca02c")
+    for y, v in enumerate(vals):
+        ax.text(v + 0.01, y, f"{v:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
+    ax.set_title("Parameter importance", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)

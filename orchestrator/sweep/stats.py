@@ -1,0 +1,158 @@
+"""The statistics a sweep report rests on: intervals over seeds, separability, Pareto fronts and
+parameter importance. Kept apart from plotting so the test can check the numbers directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE = 0.95
+ALPHA = 1.0 - CONFIDENCE
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` seeds with the 95% Student-t interval (none for n < 2: none invented)."""
+
+    n: int
+    mean: float | None
+    std: float | None  # sample std (ddof 1); None for n < 2
+    half_width: float | None
+
+    @property
+    def low(self) -> float | None:
+        return (
+            None if self.mean is None or self.half_width is None else self.mean - self.half_width
+        )
+
+    @property
+    def high(self) -> float | None:
+        return (
+            None if self.mean is None or self.half_width is None else self.mean + self.half_width
+        )
+
+
+def t_interval(values: Sequence[float]) -> Interval:
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(vals)
+    if n == 0:
+        return Interval(0, None, None, None)
+    mean = float(vals.mean())
+    if n < 2:
+        return Interval(1, mean, None, None)
+    from scipy import stats
+
+    std = float(vals.std(ddof=1))
+    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1) * std / math.sqrt(n))
+    return Interval(n, mean, std, half)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch t-test p-value; None when either side has fewer than 2 values."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    if x.var(ddof=1) + y.var(ddof=1) == 0.0:
+        return 1.0 if x.mean() == y.mean() else 0.0
+    from scipy import stats
+
+    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def overlap(a: Interval, b: Interval) -> bool | None:
+    if a.low is None or b.low is None or a.high is None or b.high is None:
+        return None
+    return a.low <= b.high and b.low <= a.high
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (cost, gain) points no other point beats on both (lower cost, higher gain)."""
+    out = []
+    for i, (c, g) in enumerate(points):
+        dominated = any(
+            (c2 <= c and g2 >= g) and (c2 < c or g2 > g)
+            for j, (c2, g2) in enumerate(points)
+            if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter importance (Optuna's evaluators over a study rebuilt from the results)
+
+
+@dataclass(frozen=True)
+class Importance:
+    values: dict[str, float]  # label -> importance (sums to 1), most important first
+    method: str
+    note: str  # why there is no importance, or what it rests on
+
+
+def _distribution(values: list[Any], log: bool) -> tuple[Any, Any] | None:
+    """(Optuna distribution, encoder) of one swept parameter, None if it takes one value."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    distinct = {json.dumps(v, sort_keys=True) for v in values}
+    if len(distinct) < 2:
+        return None
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if numeric:
+        lo, hi = float(min(values)), float(max(values))
+        log = log and lo > 0
+        return FloatDistribution(lo, hi, log=log), float
+    choices = tuple(sorted(distinct))
+    return CategoricalDistribution(choices), lambda v: json.dumps(v, sort_keys=True)
+
+
+def param_importance(
+    trials: Sequence[tuple[Mapping[str, Any], float]],
+    labels: Mapping[str, str],
+    log_axes: Mapping[str, bool],
+    mode: str,
+) -> Importance:
+    """fANOVA importance of each swept parameter for the metric, one Optuna trial per finished
+    (config, seed) so seed noise counts against every parameter alike."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    done = [(p, v) for p, v in trials if v is not None and math.isfinite(v)]
+    configs = {json.dumps(p, sort_keys=True, default=str) for p, _ in done}
+    if len(configs) < 2:
+        return Importance({}, "fANOVA", "needs at least 2 finished configurations")
+    dists = {}
+    for path, label in labels.items():
+        d = _distribution([p[path] for p, _ in done], log_axes.get(path, False))
+        if d is not None:
+            dists[path] = (label, *d)
+    if not dists:
+        return Importance(
+            {}, "fANOVA", "no swept parameter takes two values among finished trials"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for p, v in done:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={label: enc(p[path]) for path, (label, _, enc) in dists.items()},
+                distributions={label: dist for _, (label, dist, _) in dists.items()},
+                value=float(v),
+            )
+        )
+    try:
+        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except Exception as exc:  # fANOVA refuses degenerate studies (e.g. all values equal)
+        logger.info("parameter importance unavailable: %s", exc)
+        return Importance({}, "fANOVA", f"not computable here: {exc}")
+    note = f"fANOVA (Optuna) over {len(done)} finished trials of {len(configs)} configurations"
+    if len(dists) == 1:
+        note += "; a single varying parameter takes all the importance by definition"
+    return Importance({k: float(v) for k, v in imp.items()}, "fANOVA", note)
