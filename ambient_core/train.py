@@ -23,8 +23,9 @@ from ambient_core._io import atomic_directory
 from ambient_core.data import ChunkDataset
 from ambient_core.losses import training_pair
 from ambient_core.noise import fixed_noise
-from ambient_core.policy import EMA, DiffusionPolicy, PolicySpec
+from ambient_core.policy import EMA, DiffusionPolicy
 from ambient_core.sampler import NoiseFirstSampler
+from ambient_core.vision import build_policy
 
 CorruptLoss = Literal["denoising", "ambient"]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -265,7 +266,7 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_policy(path: str | os.PathLike[str], use_ema: bool = True) -> DiffusionPolicy:
     """Rebuild the policy of a checkpoint directory (EMA weights by default), weights only."""
     meta = read_checkpoint_meta(path)
-    policy = DiffusionPolicy(PolicySpec(**meta["spec"]))
+    policy = build_policy(meta["spec"])  # low-dim or vision, from the spec's fields
     payload = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     if use_ema and payload["ema"] is not None:
         policy.load_state_dict(payload["ema"]["averaged"])

@@ -96,6 +96,8 @@ class SpatialSoftmax(nn.Module):
     Coordinates lie in [-1, 1]; the output is (N, 2K) (Levine et al.; robomimic; LeRobot).
     """
 
+    grid: torch.Tensor
+
     def __init__(self, channels: int, height: int, width: int, num_keypoints: int = 32) -> None:
         super().__init__()
         self.keypoints = nn.Conv2d(channels, num_keypoints, 1)

@@ -1,4 +1,4 @@
-"""Training chunks with camera frames: low-dim chunks as usual, images from a decoded-episode cache.
+"""Training chunks with camera frames: low-dim chunks as usual, images from an episode cache.
 
 ``ImageChunkDataset`` is a ``ChunkDataset`` (same chunk ids, padding, sampler and normaliser) whose
 batches also carry each camera's observation history (B, T_o, C, H, W) uint8. Frames come from a
@@ -17,13 +17,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 
 from ambient_core.data import ChunkDataset, ChunkSpec, Frames
 from ambient_core.errors import DataError
+from ambient_core.policy import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +197,22 @@ class ImageChunkDataset(ChunkDataset):
         action_key: str = "action",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         prefetch: bool = True,
+        image_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__(frames, spec, obs_keys, action_key)
         if not image_keys:
             raise DataError("ImageChunkDataset needs at least one image key")
         self.image_keys = list(image_keys)
+        self.image_shape = image_shape  # (H, W, C) when the caller knows it (from metadata)
         # global frame row -> (dataset, episode index, offset in episode)
         ds_of_row, ep_of_row, off_of_row = [], [], []
         for d, f in enumerate(frames):
             lengths = f.episode_bounds[:, 1] - f.episode_bounds[:, 0]
             ds_of_row.append(np.full(int(lengths.sum()), d, dtype=np.int32))
             ep_of_row.append(np.repeat(f.episode_index, lengths))
-            off_of_row.append(np.arange(int(lengths.sum())) - np.repeat(f.episode_bounds[:, 0], lengths))
+            off_of_row.append(
+                np.arange(int(lengths.sum())) - np.repeat(f.episode_bounds[:, 0], lengths)
+            )
         self.row_dataset = np.concatenate(ds_of_row)
         self.row_episode = np.concatenate(ep_of_row).astype(np.int64)
         self.row_offset = np.concatenate(off_of_row).astype(np.int64)
@@ -254,10 +259,9 @@ class ImageChunkDataset(ChunkDataset):
         self, ids: np.ndarray, normalizer: torch.nn.Module, device: torch.device | str = "cpu"
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         obs, act = self.batch(ids)
-        t_obs = {
-            k: normalizer.normalize(k, torch.from_numpy(obs[k]).to(device)) for k in self.obs_keys
-        }
+        norm = cast(Normalizer, normalizer)
+        t_obs = {k: norm.normalize(k, torch.from_numpy(obs[k]).to(device)) for k in self.obs_keys}
         for k in self.image_keys:
             t_obs[k] = torch.from_numpy(obs[k]).to(device).permute(0, 1, 4, 2, 3)
-        t_act = normalizer.normalize(self.action_key, torch.from_numpy(act).to(device))
+        t_act = norm.normalize(self.action_key, torch.from_numpy(act).to(device))
         return t_obs, t_act

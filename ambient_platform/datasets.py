@@ -32,6 +32,8 @@ from ambient_core.data import (
     frames_from_table,
 )
 from ambient_core.envs.base import Episode
+from ambient_platform.lerobot import INFO_PATH as LEROBOT_INFO
+from ambient_platform.lerobot import ambient_meta
 from ambient_platform.storage import StorageRoot
 
 META_FILE = "meta.json"
@@ -83,7 +85,13 @@ def write_dataset(
 
 
 def read_meta(root: StorageRoot) -> dict[str, Any]:
-    """meta.json of the dataset at ``root``, checked for the fields readers rely on."""
+    """meta.json of the dataset at ``root``, checked for the fields readers rely on.
+
+    A LeRobot v3 root (``meta/info.json``, no meta.json) is read in place: its data files are
+    the shards (``ambient_platform.lerobot.ambient_meta``).
+    """
+    if not root.exists(META_FILE) and root.exists(LEROBOT_INFO):
+        return ambient_meta(root)
     if not root.exists(META_FILE):
         raise DataError(
             f"{root.uri} is not a dataset: {META_FILE} is missing (generate or import it first)"

@@ -25,7 +25,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +35,7 @@ from ambient_core.errors import DataError, LeaseError
 from ambient_platform.config.base import StrictModel, format_validation_error
 from ambient_platform.storage import StorageRoot
 
-FORMAT = "ambient-annotation/1"
+FORMAT: Final = "ambient-annotation/1"
 MANIFEST_DIR = "manifests"
 CURVE_PREFIX = "curve_e"
 

@@ -24,10 +24,13 @@ import psutil
 import pyarrow.parquet as pq
 
 from ambient_core.envs import maze
+from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
 from ambient_platform.datasets import read_meta, write_dataset
+from ambient_platform.manifest import CurveSettings
 from ambient_platform.ray_runtime import ensure_ray
 from ambient_platform.storage import StorageRoot
-from jobs.annotate import AnnotationSettings, CurveAnnotator, annotate
+from jobs.annotate import annotate
+from jobs.score_shards import CurveAnnotator
 from jobs.train_classifier import run_classifier_training
 
 GRID = list(range(0, 100, 10)) + [99]
@@ -65,8 +68,8 @@ def loop(data: str, clf: str, threads: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     root = StorageRoot(data)
-    settings = AnnotationSettings(clf, [1], GRID, 4, 0)
-    ann = CurveAnnotator(vars(settings), [], threads=threads)
+    settings = CurveSettings(classifier_dir=clf, epochs=[1], grid_levels=GRID, num_draws=4)
+    ann = CurveAnnotator(settings, [], threads=threads)
     rows = 0
     t0 = time.perf_counter()
     with PeakRss() as mem:
@@ -83,17 +86,16 @@ def loop(data: str, clf: str, threads: int) -> dict[str, float]:
 
 def pipeline(data: str, clf: str, out: str, actors: int) -> dict[str, float]:
     with PeakRss() as mem:
-        res = annotate(
-            [data],
-            clf,
-            [1],
+        cfg = AnnotateConfig(
+            data=[data],
+            classifier=clf,
+            epochs=[1],
             out=out,
             grid_levels=GRID,
             num_draws=4,
-            actors=actors,
-            cpus_per_actor=0.5,
-            track=False,
+            resources={"actors": actors, "cpus_per_actor": 0.5},
         )
+        res = annotate(cfg, track=False)
     return {
         "rows": res["rows_annotated"],
         "rows_per_s": round(res["rows_per_s"], 1),
@@ -120,14 +122,14 @@ def main() -> None:
             )
             sizes[n] = str(work / f"q{n}")
         write_dataset(StorageRoot(str(work / "clean")), clean, "clean", "maze")
-        clf = run_classifier_training(
-            [str(work / "clean")],
-            [sizes[a.small]],
+        clf_cfg = ClassifierTrainConfig(
+            clean=[str(work / "clean")],
+            corrupt=[sizes[a.small]],
             out=str(work / "clf"),
             epochs=1,
             steps_per_epoch=50,
-            track=False,
-        )["dir"]
+        )
+        clf = run_classifier_training(clf_cfg, track=False)["dir"]
         # Loops first: once Ray runs, its processes are children of this one and would count.
         loops = {n: loop(path, clf, a.threads) for n, path in sizes.items()}
         ensure_ray(num_cpus=os.cpu_count())  # start-up is not annotation throughput

@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import episodes_to_table
 from ambient_core.envs import maze
+from ambient_platform.config.annotation import ClassifierTrainConfig
+from ambient_platform.config.watch import WatchConfig
 from ambient_platform.datasets import write_dataset
 from ambient_platform.ray_runtime import ensure_ray
 from ambient_platform.settings import configure_environment
 from ambient_platform.storage import StorageRoot
-from ambient_platform.config.watch import WatchConfig
 from jobs.reannotate import run_pass
 from jobs.train_classifier import run_classifier_training
 
@@ -49,14 +50,14 @@ def main() -> None:
     first = a.shards * a.episodes_per_shard
     src = StorageRoot(str(d / "rrt"))
     write_dataset(src, corrupt[:first], "rrt", "maze", shard_episodes=a.episodes_per_shard)
-    clf = run_classifier_training(
-        [str(d / "clean")],
-        [str(d / "rrt")],
+    clf_cfg = ClassifierTrainConfig(
+        clean=[str(d / "clean")],
+        corrupt=[str(d / "rrt")],
         out=str(d / "clf"),
         epochs=1,
         steps_per_epoch=20,
-        track=False,
-    )["dir"]
+    )
+    clf = run_classifier_training(clf_cfg, track=False)["dir"]
     ensure_ray(num_cpus=2)
     cfg = WatchConfig(
         name="bench",
@@ -80,7 +81,7 @@ def main() -> None:
                 pq.write_table(table, buf)
                 src.write_bytes(f"data/new-{i:03d}.parquet", buf.getvalue())
         t0 = time.perf_counter()
-        res = run_pass(cfg, track=False, verbose=False)
+        res = run_pass(cfg, track=False)
         out[label] = {
             "wall_s": round(time.perf_counter() - t0, 3),
             "status": res["status"],

@@ -218,7 +218,7 @@ def _sigma_min_hist(
     root: StorageRoot, manifest: Manifest, epoch: int, tau: float, path: Path
 ) -> Path | None:
     """Per-dataset sigma_min histogram of one epoch at ``tau``; None if no dataset has shards."""
-    from ambient_core.classifier import derive_sigma_min, plot_sigma_min_hist
+    from ambient_core.classifier import SigmaMinRule, derive_sigma_min, plot_sigma_min_hist
 
     grid = np.asarray(manifest.grid_sigmas)
     values = {}
@@ -228,5 +228,5 @@ def _sigma_min_hist(
         except DataError:
             continue
         curves = np.stack(t.column(curve_column(epoch)).to_numpy(zero_copy_only=False))
-        values[name] = derive_sigma_min(curves, grid, tau)
+        values[name] = derive_sigma_min(curves, grid, SigmaMinRule(tau=tau))
     return plot_sigma_min_hist(values, path) if values else None

@@ -237,11 +237,11 @@ def plan_annotation(
     inputs, entries = list_inputs(datasets, discover)
     plan = Plan(root, settings, version, manifest, inputs, entries, discover)
     current = {inp.id for inp in inputs}
-    for entry in manifest.shards if manifest else []:
-        if entry.dataset in entries and entry.id not in current:
-            plan.removed.append(entry)
+    for old in manifest.shards if manifest else []:
+        if old.dataset in entries and old.id not in current:
+            plan.removed.append(old)
         else:
-            plan.done[entry.id] = entry  # listed now, or a dataset this run does not touch
+            plan.done[old.id] = old  # listed now, or a dataset this run does not touch
     for inp in inputs:
         entry = plan.done.get(inp.id)
         if entry is not None and entry.same_input(inp.size, inp.etag):

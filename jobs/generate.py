@@ -13,6 +13,7 @@ from typing import Any
 from ambient_core.envs.registry import get_task
 from ambient_platform.datasets import write_dataset
 from ambient_platform.storage import StorageRoot
+from jobs.pixel_data import generate_lerobot, image_keys
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ def generate(
 ) -> dict[str, Any]:
     """Generate and write both datasets; returns timings, counts and digests."""
     t = get_task(task)
+    if image_keys(t):  # a task with cameras: LeRobot v3 datasets with MP4 videos
+        return generate_lerobot(task, n_clean, n_corrupt, out, seed)
     t0 = time.perf_counter()
     clean, corrupt = t.generate(n_clean, n_corrupt, seed)
     gen_s = time.perf_counter() - t0

@@ -51,13 +51,11 @@ class CurveAnnotator:
 
         torch.set_num_threads(threads)
         self.s = settings
-        self.models = {}
-        chunk = None
-        for e in self.s.epochs:
-            path = epoch_dir(self.s.classifier_dir, e)
-            self.models[e] = load_classifier(path)
-            chunk = chunk or read_classifier_meta(path)["extra"]["chunk"]
-        self.chunk = ChunkSpec(**chunk)
+        paths = {e: epoch_dir(self.s.classifier_dir, e) for e in self.s.epochs}
+        self.models = {e: load_classifier(path) for e, path in paths.items()}
+        # Every epoch of a run chunks alike: rows are re-chunked as the classifier was trained.
+        first = paths[self.s.epochs[0]]
+        self.chunk = ChunkSpec(**read_classifier_meta(first)["extra"]["chunk"])
         self.obs_keys = obs_keys
         self.columns = columns
         self.fs = StorageRoot(fs_root).arrow_filesystem()[0] if fs_root else None

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,11 @@ from ambient_core.train import (
     save_checkpoint,
     train,
 )
+from ambient_core.vision import VisionDiffusionPolicy
+from ambient_core.vision_data import ImageChunkDataset
 from ambient_platform.config import DatasetRef, RunConfig, flatten
 from ambient_platform.datasets import META_FILE, read_frames
+from ambient_platform.lerobot import INFO_PATH as LEROBOT_INFO
 from ambient_platform.settings import (
     ambient_home,
     configure_environment,
@@ -57,6 +60,7 @@ from jobs.annotated_data import (
     sigma_min_metrics,
 )
 from jobs.generate import generate
+from jobs.pixel_data import image_chunk_dataset, image_keys, vision_spec
 
 __all__ = ["PreparedRun", "ensure_generated", "load_annotation", "prepare", "run_training"]
 
@@ -81,7 +85,7 @@ def ensure_generated(cfg: RunConfig) -> None:
     if gen is None:
         return
     refs = [*cfg.data.clean[:1], *cfg.data.corrupt[:1]]
-    if all(StorageRoot(resolve_location(r.path)).exists(META_FILE) for r in refs):
+    if all(_dataset_exists(StorageRoot(resolve_location(r.path))) for r in refs):
         return
     clean = resolve_location(cfg.data.clean[0].path) if cfg.data.clean else None
     corrupt = resolve_location(cfg.data.corrupt[0].path) if cfg.data.corrupt else None
@@ -97,6 +101,11 @@ def ensure_generated(cfg: RunConfig) -> None:
             "data.corrupt.0.path at such a pair"
         )
     generate(cfg.task, gen.clean, gen.corrupt if corrupt else 0, parents.pop(), gen.seed)
+
+
+def _dataset_exists(root: StorageRoot) -> bool:
+    """A platform dataset (meta.json) or a LeRobot v3 one (meta/info.json) is there."""
+    return root.exists(META_FILE) or root.exists(LEROBOT_INFO)
 
 
 # ------------------------------------------------------------------------------ preparing
@@ -212,6 +221,9 @@ def _policy(cfg: RunConfig, task: Task, data: ChunkDataset) -> DiffusionPolicy:
         network_kwargs=p.network_kwargs(),
     )
     torch.manual_seed(cfg.train.seed)
+    if isinstance(data, ImageChunkDataset):  # a task with cameras: the vision policy
+        vision = vision_spec(asdict(spec), p.vision, data)
+        return VisionDiffusionPolicy(vision, Normalizer.fit(data.features))
     return DiffusionPolicy(spec, Normalizer.fit(data.features))
 
 
@@ -241,7 +253,12 @@ def prepare(cfg: RunConfig) -> PreparedRun:
     loaded = _load_datasets(cfg, task)
     p = cfg.policy
     spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
-    data = ChunkDataset([ds.frames for ds in loaded], spec_c, task.obs_keys)
+    if image_keys(task):  # cameras: LeRobot v3 videos, decoded ahead in the background
+        frames, uris = [ds.frames for ds in loaded], [ds.info["uri"] for ds in loaded]
+        cache = int(p.vision.cache_gb * 2**30)
+        data: ChunkDataset = image_chunk_dataset(task, frames, uris, spec_c, cache)
+    else:
+        data = ChunkDataset([ds.frames for ds in loaded], spec_c, task.obs_keys)
     th = _thresholds(cfg, loaded, data)
     sampler = _sampler(cfg, th, len(data))
     state = make_state(_policy(cfg, task, data), sampler, _train_config(cfg))
@@ -330,7 +347,7 @@ def plot_sampler(sampler: NoiseFirstSampler, path: Path) -> None:
     ax.set_title(f"pool: {sampler.pool}")
     ax2 = fig.add_subplot(1, 2, 2)
     if sampler.n_corrupt:
-        ax2.hist(sampler.corrupt_sigma_min, bins=np.linspace(0, 1, 41), color="tab:orange")
+        ax2.hist(sampler.corrupt_sigma_min, bins=np.linspace(0, 1, 41).tolist(), color="tab:orange")
     ax2.set_xlabel("sigma_min of corrupt chunks")
     ax2.set_ylabel("chunks")
     fig.tight_layout()

@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
+from ambient_platform.manifest import latest_manifest
 from ambient_platform.settings import ambient_home
 from ambient_platform.storage import StorageRoot
 from ambient_platform.tracking import resolve_tracking_uri
-from jobs.annotate import annotate, latest_manifest
+from jobs.annotate import annotate
 from jobs.generate import generate
 from jobs.train_classifier import RUN_FILE, run_classifier_training
 
@@ -46,18 +48,17 @@ def run_demo(tracking_uri: str | None = None) -> dict:
     print(f"  ready ({time.perf_counter() - t:.0f}s); dataset.png shows clean vs RRT plans")
     t = _step(2, f"classifier (3 epochs) -> {clf}")
     if not (clf / RUN_FILE).exists():
-        res = run_classifier_training(
-            [str(data / "clean")],
-            [str(data / "corrupt")],
+        clf_cfg = ClassifierTrainConfig(
+            clean=[str(data / "clean")],
+            corrupt=[str(data / "corrupt")],
             name="demo",
             out=str(clf),
             epochs=3,
             steps_per_epoch=100,
             batch_size=128,
-            tracking_uri=uri,
             experiment="demo",
-            verbose=True,
         )
+        res = run_classifier_training(clf_cfg, tracking_uri=uri)
         last = res["history"][-1]
         print(
             f"  accuracy by sigma bucket: acc/s0.0-0.1={last.get('acc/s0.0-0.1', 0):.2f} "
@@ -68,16 +69,17 @@ def run_demo(tracking_uri: str | None = None) -> dict:
     if latest_manifest(StorageRoot(str(ann)))[1] is None:
         print(
             annotate(
-                [str(data / "corrupt")],
-                str(clf),
-                [3],
-                out=str(ann),
-                name="demo",
-                grid_levels=GRID,
-                num_draws=2,
+                AnnotateConfig(
+                    data=[str(data / "corrupt")],
+                    classifier=str(clf),
+                    epochs=[3],
+                    out=str(ann),
+                    name="demo",
+                    grid_levels=GRID,
+                    num_draws=2,
+                    experiment="demo",
+                ),
                 tracking_uri=uri,
-                experiment="demo",
-                verbose=True,
             )
         )
     print(f"  ready ({time.perf_counter() - t:.0f}s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,10 +20,12 @@ from mlflow import MlflowClient
 from ambient_core.data import DataError
 from ambient_core.envs import maze
 from ambient_platform.config import load_run_config
+from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
 from ambient_platform.datasets import write_dataset
+from ambient_platform.manifest import Manifest, latest_manifest
 from ambient_platform.storage import StorageRoot
-from jobs.annotate import annotate, latest_manifest
-from jobs.train import prepare
+from jobs.annotate import annotate
+from jobs.train import prepare, run_training
 from jobs.train_classifier import run_classifier_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,28 +41,32 @@ def maze_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     clean, corrupt = maze.generate(maze.MazeEnv(), 8, 24, seed=0, clean_method="builtin")
     write_dataset(StorageRoot(str(d / "clean")), clean, "clean", "maze")
     write_dataset(StorageRoot(str(d / "corrupt")), corrupt, "corrupt", "maze", shard_episodes=6)
-    res = run_classifier_training(
-        [str(d / "clean")],
-        [str(d / "corrupt")],
+    cfg = ClassifierTrainConfig(
+        clean=[str(d / "clean")],
+        corrupt=[str(d / "corrupt")],
         out=str(d / "clf"),
-        channels=(8, 16),
+        channels=[8, 16],
         epochs=1,
         steps_per_epoch=30,
         batch_size=32,
-        track=False,
     )
+    res = run_classifier_training(cfg, track=False)
     return {"dir": str(d), "clf": res["dir"]}
 
 
-def _rows(root: StorageRoot, manifest: dict, levels: int = len(GRID)) -> tuple[int, int]:
+def _cfg(data: list[str], clf: str, out: str, **kw: object) -> AnnotateConfig:
+    return AnnotateConfig(data=data, classifier=clf, epochs=[1], out=out, **kw)  # type: ignore[arg-type]
+
+
+def _rows(root: StorageRoot, manifest: Manifest, levels: int = len(GRID)) -> tuple[int, int]:
     fs, base = root.arrow_filesystem()
     keys = set()
     n = 0
-    for e in manifest["shards"]:
-        t = pq.read_table(f"{base}/{e['output_key']}", filesystem=fs)
+    for e in manifest.shards:
+        t = pq.read_table(f"{base}/{e.output_key}", filesystem=fs)
         n += t.num_rows
         ep, fr = t.column("episode_index").to_numpy(), t.column("frame_index").to_numpy()
-        keys |= {(e["dataset"], int(a), int(b)) for a, b in zip(ep, fr, strict=True)}
+        keys |= {(e.dataset, int(a), int(b)) for a, b in zip(ep, fr, strict=True)}
         curves = np.stack(t.column("curve_e1").to_numpy(zero_copy_only=False))
         assert curves.shape[1] == levels and (curves >= 0).all() and (curves <= 1).all()
     return n, len(keys)
@@ -71,9 +78,8 @@ def test_annotate_commits_manifest_and_reruns_are_incremental(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = str(tmp_path / "ann")
     data = [f"{maze_data['dir']}/corrupt", f"{maze_data['dir']}/clean"]
-    res = annotate(
-        data, maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, tracking_uri=uri
-    )
+    cfg = _cfg(data, maze_data["clf"], out, grid_levels=GRID, num_draws=2)
+    res = annotate(cfg, tracking_uri=uri)
     meta_rows = sum(pq.read_metadata(p).num_rows for p in Path(maze_data["dir"]).rglob("shard-*"))
     assert res["version"] == 1 and res["shards_total"] == 5 and res["shards_annotated"] == 5
     root = StorageRoot(out)
@@ -85,12 +91,11 @@ def test_annotate_commits_manifest_and_reruns_are_incremental(
     run = MlflowClient(uri).get_run(MlflowClient(uri).search_runs(["1"])[0].info.run_id)
     assert run.data.metrics["rows_annotated"] == meta_rows and run.data.metrics["rows_per_s"] > 0
     assert len(run.inputs.dataset_inputs) == 3  # manifest + 2 datasets
-    again = annotate(
-        data, maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, track=False
-    )
+    again = annotate(cfg, track=False)
     assert again["version"] == 2 and again["shards_annotated"] == 0
+    assert again["shards_already_annotated"] == 5 and again["shards_resumed"] == 0
     with pytest.raises(ValueError, match="other settings"):
-        annotate(data, maze_data["clf"], [1], out=out, grid_levels=[0, 99], track=False)
+        annotate(_cfg(data, maze_data["clf"], out, grid_levels=[0, 99]), track=False)
 
 
 def test_bad_shard_is_named_or_skipped(
@@ -101,31 +106,46 @@ def test_bad_shard_is_named_or_skipped(
     bad = tmp_path / "corrupt"
     shutil.copytree(f"{maze_data['dir']}/corrupt", bad)
     (bad / "data" / "shard-00002.parquet").write_bytes(b"PAR1 this is not parquet")
+    cfg = _cfg([str(bad)], maze_data["clf"], str(tmp_path / "a"), grid_levels=GRID)
     with pytest.raises(DataError, match=r"shard-00002.parquet is not readable Parquet"):
-        annotate(
-            [str(bad)],
-            maze_data["clf"],
-            [1],
-            out=str(tmp_path / "a"),
-            grid_levels=GRID,
-            track=False,
-        )
-    res = annotate(
-        [str(bad)],
-        maze_data["clf"],
-        [1],
-        out=str(tmp_path / "a"),
-        grid_levels=GRID,
-        skip_bad_shards=True,
-        track=False,
-    )
+        annotate(cfg, track=False)
+    res = annotate(cfg.model_copy(update={"skip_bad_shards": True}), track=False)
     assert res["shards_skipped"] == 1 and res["shards_annotated"] == 3
     _, manifest = latest_manifest(StorageRoot(str(tmp_path / "a")))
-    assert manifest["skipped"][0]["input_key"] == "data/shard-00002.parquet"
+    assert manifest.skipped[0].input_key == "data/shard-00002.parquet"
+
+
+def test_datasets_sharing_shard_keys_are_counted_apart(
+    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+) -> None:
+    """Issue 11 item 5: two --data datasets both have data/shard-0000N.parquet; a bad shard of
+    one of them was matched by key alone, so the other's good shard counted as skipped too
+    (summary said 6 annotated while the manifest held 7)."""
+    import shutil
+
+    a, b = tmp_path / "rrt-a", tmp_path / "rrt-b"
+    shutil.copytree(f"{maze_data['dir']}/corrupt", a)
+    shutil.copytree(f"{maze_data['dir']}/corrupt", b)
+    for d in (a, b):  # the same shard keys, two dataset names
+        meta = json.loads((d / "meta.json").read_text())
+        (d / "meta.json").write_text(json.dumps({**meta, "name": d.name}))
+    (b / "data" / "shard-00002.parquet").write_bytes(b"PAR1 this is not parquet")
+    out = str(tmp_path / "ann")
+    cfg = _cfg([str(a), str(b)], maze_data["clf"], out, grid_levels=GRID, skip_bad_shards=True)
+    res = annotate(cfg, track=False)
+    _, manifest = latest_manifest(StorageRoot(out))
+    assert len(manifest.shards) == 7
+    assert (res["shards_total"], res["shards_annotated"], res["shards_skipped"]) == (8, 7, 1)
+    assert [(s.dataset, s.input_key) for s in manifest.skipped] == [
+        ("rrt-b", "data/shard-00002.parquet")
+    ]
 
 
 def test_kill_dash_nine_then_rerun_annotates_each_row_once(
-    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+    maze_data: dict[str, str],
+    ray_session: object,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Ray Data may pack several small files into one block, so results reach the driver in bursts
     # of shards; 40 one-episode shards make sure a kill lands between bursts.
@@ -133,10 +153,11 @@ def test_kill_dash_nine_then_rerun_annotates_each_row_once(
     data = str(tmp_path / "many")
     write_dataset(StorageRoot(data), corrupt, "corrupt", "maze", shard_episodes=1)
     out = tmp_path / "ann"
+    cfg = _cfg([data], maze_data["clf"], str(out), grid_levels=SLOW_GRID, num_draws=8)
     code = (
         "from jobs.annotate import annotate; "
-        f"annotate([{data!r}], {maze_data['clf']!r}, [1], out={str(out)!r}, "
-        f"grid_levels={SLOW_GRID!r}, num_draws=8, track=False)"
+        "from ambient_platform.config.annotation import AnnotateConfig; "
+        f"annotate(AnnotateConfig.model_validate_json({cfg.model_dump_json()!r}), track=False)"
     )
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-k9-")}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
@@ -155,17 +176,13 @@ def test_kill_dash_nine_then_rerun_annotates_each_row_once(
     root = StorageRoot(str(out))
     markers = root.list("done/")
     assert markers and latest_manifest(root) == (0, None)  # died mid-job, nothing committed
-    res = annotate(
-        [data],
-        maze_data["clf"],
-        [1],
-        out=str(out),
-        grid_levels=SLOW_GRID,
-        num_draws=8,
-        track=False,
-    )
+    with caplog.at_level(logging.INFO, logger="jobs.annotate"):
+        res = annotate(cfg, track=False)
     assert res["shards_resumed"] == len(markers)
     assert res["shards_annotated"] == N_SHARDS - len(markers)
+    # Issue 11 item 5: resumed shards were also counted as "already annotated".
+    assert res["shards_already_annotated"] == 0
+    assert f"0 already annotated, {len(markers)} resumed" in caplog.text
     _, manifest = latest_manifest(root)
     n, unique = _rows(root, manifest, len(SLOW_GRID))
     assert n == unique == json.loads(Path(data, "meta.json").read_text())["frames"]
@@ -180,7 +197,7 @@ def test_annotate_s3_and_train_from_annotation(
     write_dataset(StorageRoot(f"s3://{s3_bucket}/maze/clean"), clean, "clean", "maze")
     out = f"s3://{s3_bucket}/annotations/a1"
     res = annotate(
-        [src.uri], maze_data["clf"], [1], out=out, grid_levels=GRID, num_draws=2, track=False
+        _cfg([src.uri], maze_data["clf"], out, grid_levels=GRID, num_draws=2), track=False
     )
     assert res["shards_annotated"] == 2
     cfg = load_run_config(
@@ -195,10 +212,30 @@ def test_annotate_s3_and_train_from_annotation(
         ],
     )
     run = prepare(cfg)
+    assert len(run.derived_sigma_min) == 1
     sm = run.state.sampler.corrupt_sigma_min
+    np.testing.assert_array_equal(run.derived_sigma_min[0], sm)
     assert sm.shape == (run.state.sampler.n_corrupt,)
     assert ((sm >= 0) & (sm <= 1)).all()
     ep = run.data.chunk_episode[run.data.dataset_chunk_ranges[1][0] :]
     for e in np.unique(ep):  # episode granularity: one threshold per episode
         assert len(np.unique(sm[ep == e])) == 1
     assert run.datasets[1]["annotation"]["uri"].endswith("manifests/v1.json")
+    # The run logs the thresholds it really uses (the config's sigma_min is a 0.0 placeholder).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tiny = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={"steps": 4, "batch_size": 16, "log_every": 2, "warmup_steps": 1}
+            ),
+            "eval": cfg.eval.model_copy(
+                update={"episodes": 1, "inference_steps": 2, "max_steps": 10, "plot": False}
+            ),
+        }
+    )
+    logged = MlflowClient(uri).get_run(run_training(tiny, uri)["run_id"]).data
+    assert logged.params["data.corrupt.0.sigma_min"] == "0.0"
+    assert logged.tags["sigma_min_source"] == "annotation"
+    assert logged.metrics["sigma_min/mean"] == pytest.approx(float(sm.mean()))
+    assert logged.metrics["sigma_min/p50"] == pytest.approx(float(np.median(sm)))
+    assert 0.0 <= logged.metrics["sigma_min/eligible_share"] <= 1.0

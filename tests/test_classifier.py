@@ -10,27 +10,31 @@ import pytest
 import torch
 
 from ambient_core.classifier import (
-    ArrayPool,
     ClassifierSpec,
-    ClassifierState,
-    DatasetPool,
     NoiseClassifier,
-    bucket_labels,
+    SigmaMinRule,
     build_classifier,
     derive_sigma_min,
     ewm_smooth,
     group_assignment,
     load_classifier,
     normalized_chunks,
-    plot_accuracy_vs_sigma,
     plot_sigma_min_hist,
     read_classifier_meta,
     save_classifier,
     score_curves,
+)
+from ambient_core.classifier_training import (
+    ArrayPool,
+    ClassifierState,
+    ClassifierTraining,
+    DatasetPool,
+    plot_accuracy_vs_sigma,
     train_classifier,
 )
 from ambient_core.data import ChunkDataset, ChunkSpec, episodes_to_table, frames_from_table
 from ambient_core.policy import Normalizer
+from ambient_core.sampler import bucket_labels
 from ambient_core.schedule import ddpm_sigmas
 
 H = 8
@@ -57,11 +61,9 @@ def trained() -> tuple[ClassifierState, list[dict[str, float]]]:
         _lines(512, 0.0, 0),
         _lines(512, 0.3, 1),
         spec,
-        epochs=2,
-        steps_per_epoch=175,
-        batch_size=128,
-        lr=3e-3,
-        eval_per_level=16,
+        ClassifierTraining(
+            epochs=2, steps_per_epoch=175, batch_size=128, lr=3e-3, eval_per_level=16
+        ),
         on_epoch=lambda e, s, m: seen.append({"cb_epoch": float(e), "cb_step": s.step, **m}),
     )
     return state, seen
@@ -185,7 +187,7 @@ def test_score_curves_and_sigma_min_separate_clean_from_corrupt(trained) -> None
     sm_p = derive_sigma_min(clean, sig)
     assert np.median(sm_p) == pytest.approx(sig[0])
     assert np.median(sm_q) > 0.3 and np.median(sm_q) > np.median(sm_p)
-    assert 0.3 < derive_sigma_min(corrupt, sig, granularity="dataset")[0] < 1.0
+    assert 0.3 < derive_sigma_min(corrupt, sig, SigmaMinRule(granularity="dataset"))[0] < 1.0
 
 
 def test_training_with_dataset_pools_and_obs(tmp_path) -> None:
@@ -220,10 +222,7 @@ def test_training_with_dataset_pools_and_obs(tmp_path) -> None:
         clean,
         corrupt,
         ClassifierSpec(action_dim=2, horizon=H, obs_dim=4, obs_keys=keys, n_obs_steps=2, **TINY),
-        epochs=1,
-        steps_per_epoch=5,
-        batch_size=16,
-        eval_per_level=2,
+        ClassifierTraining(epochs=1, steps_per_epoch=5, batch_size=16, eval_per_level=2),
     )
     assert state.spec.obs_dim == 4 and np.isfinite(state.history[0]["bce"])
     ids = np.arange(*data.dataset_chunk_ranges[1])
@@ -240,9 +239,9 @@ def test_training_is_deterministic_for_a_seed() -> None:
     a, b = _lines(64, 0.0, 0), _lines(64, 0.3, 1)
     kw = {"epochs": 1, "steps_per_epoch": 4, "batch_size": 16, "eval_per_level": 1}
     spec = ClassifierSpec(action_dim=2, horizon=H, **TINY)
-    h1 = train_classifier(a, b, spec, seed=3, **kw).history[0]
-    h2 = train_classifier(a, b, spec, seed=3, **kw).history[0]
-    h3 = train_classifier(a, b, spec, seed=4, **kw).history[0]
+    h1 = train_classifier(a, b, spec, ClassifierTraining(seed=3, **kw)).history[0]
+    h2 = train_classifier(a, b, spec, ClassifierTraining(seed=3, **kw)).history[0]
+    h3 = train_classifier(a, b, spec, ClassifierTraining(seed=4, **kw)).history[0]
     drop = {"steps_per_s"}
     assert {k: v for k, v in h1.items() if k not in drop} == {
         k: v for k, v in h2.items() if k not in drop
@@ -252,12 +251,15 @@ def test_training_is_deterministic_for_a_seed() -> None:
 
 def test_train_validates_inputs() -> None:
     a = _lines(8, 0.0, 0)
+    one = ClassifierTraining(epochs=1, steps_per_epoch=1)
     with pytest.raises(ValueError, match="lr_schedule"):
-        train_classifier(a, a, epochs=1, steps_per_epoch=1, lr_schedule="step")  # type: ignore[arg-type]
+        ClassifierTraining(lr_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        ClassifierTraining(lr=float("nan"))
     with pytest.raises(ValueError, match="disagree"):
-        train_classifier(a, _lines(8, 0.0, 0, horizon=6), epochs=1, steps_per_epoch=1)
+        train_classifier(a, _lines(8, 0.0, 0, horizon=6), None, one)
     with pytest.raises(ValueError, match="sigmas"):
-        train_classifier(a, a, sigmas=np.linspace(0.1, 1, 10), epochs=1, steps_per_epoch=1)
+        train_classifier(a, a, None, one, sigmas=np.linspace(0.1, 1, 10))
     with pytest.raises(ValueError, match="non-empty"):
         ArrayPool(np.zeros((0, H, 2)))
 
@@ -296,6 +298,13 @@ def test_score_curves_deterministic_and_in_unit_interval() -> None:
 GRID = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
 
 
+def _sm(
+    curves: np.ndarray, grid: np.ndarray, groups: np.ndarray | None = None, **rule: object
+) -> np.ndarray:
+    """derive_sigma_min with the rule's fields as keywords (SigmaMinRule validates them)."""
+    return derive_sigma_min(curves, grid, SigmaMinRule(**rule), groups)  # type: ignore[arg-type]
+
+
 def test_chunk_rule_strict_threshold_and_no_pass() -> None:
     curves = np.array(
         [
@@ -306,15 +315,13 @@ def test_chunk_rule_strict_threshold_and_no_pass() -> None:
             [0.1, 0.5, 0.1, 0.1, 0.1],  # a later dip does not matter: min over passing levels
         ]
     )
-    np.testing.assert_array_equal(derive_sigma_min(curves, GRID), [0.3, 0.4, 1.0, 0.1, 0.2])
-    np.testing.assert_array_equal(
-        derive_sigma_min(curves, GRID, tau=0.15), [0.2, 0.1, 0.1, 0.1, 0.2]
-    )
-    assert derive_sigma_min(np.zeros((0, 5)), GRID).shape == (0,)
+    np.testing.assert_array_equal(_sm(curves, GRID), [0.3, 0.4, 1.0, 0.1, 0.2])
+    np.testing.assert_array_equal(_sm(curves, GRID, tau=0.15), [0.2, 0.1, 0.1, 0.1, 0.2])
+    assert _sm(np.zeros((0, 5)), GRID).shape == (0,)
     with pytest.raises(ValueError, match="increasing"):
-        derive_sigma_min(curves, GRID[::-1])
+        _sm(curves, GRID[::-1])
     with pytest.raises(ValueError, match="NaN"):
-        derive_sigma_min(np.full((1, 5), np.nan), GRID)
+        _sm(np.full((1, 5), np.nan), GRID)
 
 
 def test_group_granularities_known_answers() -> None:
@@ -328,40 +335,40 @@ def test_group_granularities_known_answers() -> None:
         ]
     )
     groups = np.array([7, 7, 3, 3, 9])
-    ep = derive_sigma_min(curves, GRID, granularity="episode", groups=groups)
+    ep = _sm(curves, GRID, groups, granularity="episode")
     np.testing.assert_array_equal(ep, [0.2, 0.2, 0.1, 0.1, 1.0])
     # dataset mean = [0.2, 0.4, 0.4, 0.4, 0.56]
-    ds = derive_sigma_min(curves, GRID, granularity="dataset")
+    ds = _sm(curves, GRID, granularity="dataset")
     np.testing.assert_array_equal(ds, [0.5] * 5)
-    np.testing.assert_array_equal(
-        derive_sigma_min(curves, GRID, tau=0.35, granularity="dataset"), [0.2] * 5
-    )
+    np.testing.assert_array_equal(_sm(curves, GRID, tau=0.35, granularity="dataset"), [0.2] * 5)
     # by score: row means 0.16, 0.8, 0.4, 0.6, 0.0 -> 2 quantile buckets {4, 0, 2} and {3, 1}
-    sc = derive_sigma_min(curves, GRID, granularity="bucket", n_buckets=2, bucket_mode="score")
+    sc = _sm(curves, GRID, granularity="bucket", n_buckets=2, bucket_mode="score")
     # low bucket mean [0.133, 0.133, 0.133, 0.133, 0.4]: never > 0.45; high [0.3, .8, ...]: 0.2
     np.testing.assert_array_equal(sc, [1.0, 0.2, 1.0, 0.2, 1.0])
     with pytest.raises(ValueError, match="groups"):
-        derive_sigma_min(curves, GRID, granularity="episode")
+        _sm(curves, GRID, granularity="episode")
     with pytest.raises(ValueError, match="n_buckets"):
-        derive_sigma_min(curves, GRID, granularity="bucket")
+        _sm(curves, GRID, granularity="bucket")
     with pytest.raises(ValueError, match="granularity"):
-        derive_sigma_min(curves, GRID, granularity="frame")  # type: ignore[arg-type]
+        _sm(curves, GRID, granularity="frame")  # type: ignore[arg-type]
 
 
 def test_random_buckets() -> None:
     rng = np.random.default_rng(0)
     curves = rng.uniform(size=(103, 5))
-    chunk = derive_sigma_min(curves, GRID)
-    ds = derive_sigma_min(curves, GRID, granularity="dataset")
-    one = derive_sigma_min(curves, GRID, granularity="bucket", n_buckets=1)
+    chunk = _sm(curves, GRID)
+    ds = _sm(curves, GRID, granularity="dataset")
+    one = _sm(curves, GRID, granularity="bucket", n_buckets=1)
     np.testing.assert_array_equal(one, ds)
-    per_row = derive_sigma_min(curves, GRID, granularity="bucket", n_buckets=103, seed=4)
+    per_row = _sm(curves, GRID, granularity="bucket", n_buckets=103, seed=4)
     np.testing.assert_array_equal(per_row, chunk)
-    g = group_assignment(curves, "bucket", n_buckets=10, seed=1)
+    rule = SigmaMinRule(granularity="bucket", n_buckets=10, seed=1)
+    g = group_assignment(curves, rule)
     assert np.bincount(g).min() == 10 and np.bincount(g).max() == 11  # balanced
-    assert np.array_equal(g, group_assignment(curves, "bucket", n_buckets=10, seed=1))
-    assert not np.array_equal(g, group_assignment(curves, "bucket", n_buckets=10, seed=2))
-    b = derive_sigma_min(curves, GRID, tau=0.5, granularity="bucket", n_buckets=10, seed=1)
+    assert np.array_equal(g, group_assignment(curves, rule))
+    other = SigmaMinRule(granularity="bucket", n_buckets=10, seed=2)
+    assert not np.array_equal(g, group_assignment(curves, other))
+    b = _sm(curves, GRID, tau=0.5, granularity="bucket", n_buckets=10, seed=1)
     for j in range(10):
         rows = g == j
         assert len(np.unique(b[rows])) == 1
@@ -376,8 +383,8 @@ def test_ewm_smoothing_matches_pandas_and_delays_crossing() -> None:
     np.testing.assert_array_equal(ewm_smooth(curve, 0), curve)
     np.testing.assert_array_equal(ewm_smooth(curve, 1), curve)
     grid = GRID[:4]
-    assert derive_sigma_min(curve, grid, tau=0.7)[0] == 0.2
-    assert derive_sigma_min(curve, grid, tau=0.7, smoothing=3.0)[0] == 0.3
+    assert _sm(curve, grid, tau=0.7)[0] == 0.2
+    assert _sm(curve, grid, tau=0.7, smoothing=3.0)[0] == 0.3
     with pytest.raises(ValueError, match="span"):
         ewm_smooth(curve, 0.5)
     pd = pytest.importorskip("pandas")
@@ -413,22 +420,28 @@ def test_vectorised_rule_equals_slow_reference(span: float | None) -> None:
     )
     groups = rng.integers(0, 40, n) * 3 + 11
     tau = 0.45
-    fast = derive_sigma_min(curves, grid, tau, smoothing=span)
+    fast = _sm(curves, grid, tau=tau, smoothing=span)
     slow = [_slow_rule(c, grid, tau, span) for c in curves]
     np.testing.assert_array_equal(fast, slow)
-    fast_ep = derive_sigma_min(curves, grid, tau, "episode", groups=groups, smoothing=span)
+    fast_ep = _sm(curves, grid, groups, tau=tau, granularity="episode", smoothing=span)
     for gid in np.unique(groups):
         rows = groups == gid
         expect = _slow_rule(curves[rows].mean(axis=0), grid, tau, span)
         np.testing.assert_array_equal(fast_ep[rows], expect)
-    fast_sc = derive_sigma_min(
-        curves, grid, tau, "bucket", n_buckets=7, bucket_mode="score", smoothing=span
+    fast_sc = _sm(
+        curves,
+        grid,
+        tau=tau,
+        granularity="bucket",
+        n_buckets=7,
+        bucket_mode="score",
+        smoothing=span,
     )
     order = np.argsort(curves.mean(axis=1), kind="stable")
     for chunk in np.array_split(order, 7):
         expect = _slow_rule(curves[chunk].mean(axis=0), grid, tau, span)
         np.testing.assert_array_equal(fast_sc[chunk], expect)
-    ds = derive_sigma_min(curves, grid, tau, "dataset", smoothing=span)
+    ds = _sm(curves, grid, tau=tau, granularity="dataset", smoothing=span)
     np.testing.assert_array_equal(ds, _slow_rule(curves.mean(axis=0), grid, tau, span))
 
 
@@ -443,8 +456,10 @@ def test_sigma_min_hist_plot(tmp_path) -> None:
 
 def test_classifier_module_stays_pure() -> None:
     import ambient_core.classifier as mod
+    import ambient_core.classifier_training as training
 
-    src = Path(mod.__file__).read_text()
-    for banned in ("import ray", "import mlflow", "import optuna", "import boto3", "pyplot"):
-        assert banned not in src
+    for m in (mod, training):
+        src = Path(m.__file__).read_text()
+        for banned in ("import ray", "import mlflow", "import optuna", "import boto3", "pyplot"):
+            assert banned not in src
     assert isinstance(build_classifier(ClassifierSpec(action_dim=1, horizon=2)), NoiseClassifier)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ambient_platform.config import (
     ConfigError,
@@ -83,3 +84,83 @@ def test_flatten_for_mlflow_params() -> None:
     assert flat["data.corrupt.0.sigma_min"] == pytest.approx(0.074)
     assert flat["policy.down_dims"] == [32, 64, 128]
     assert flat["mixing.pool"] == "proportional"
+
+
+# ------------------------------------------------------------------------------ issue 11 item 4
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=-.inf", "train.lr"),
+        ("data.corrupt.0.sigma_min=.nan", "data.corrupt.0.sigma_min"),
+        ("mixing.buffer_mult=.inf", "mixing.buffer_mult"),
+        ("train.grad_clip=.nan", "train.grad_clip"),
+    ],
+)
+def test_non_finite_numbers_are_refused_with_the_right_reason(override: str, where: str) -> None:
+    """``.inf`` and ``.nan`` are valid YAML floats; they used to pass (train.lr=.inf trained to
+    a NaN loss) or fail for the wrong reason (sigma_min=.nan: 'less than or equal to 1')."""
+    path = CONFIGS[0].parent / "maze_ambient.yaml"
+    with pytest.raises(ConfigError, match=rf"{where}: Input should be a finite number") as err:
+        load_run_config(path, [override])
+    assert "less than or equal" not in str(err.value)
+
+
+def test_non_finite_numbers_are_refused_in_every_schema(tmp_path: Path) -> None:
+    from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
+    from ambient_platform.config.base import validate
+    from ambient_platform.config.watch import load_watch_config
+
+    watch = {"name": "w", "sources": ["x"], "classifier": "c", "epochs": [1]}
+    f = tmp_path / "w.yaml"
+    f.write_text(yaml.safe_dump(watch))
+    with pytest.raises(ConfigError, match=r"w.yaml: tau: Input should be a finite number"):
+        load_watch_config(f, ["tau=.nan"])
+    with pytest.raises(ConfigError, match=r"schedule.interval_s: Input should be a finite"):
+        load_watch_config(f, ["schedule={interval_s: .inf}"])
+    ann = {"data": ["d"], "classifier": "c", "epochs": [1], "resources": {"cpus_per_actor": "inf"}}
+    with pytest.raises(ConfigError, match=r"cli: resources.cpus_per_actor: .*finite"):
+        validate(AnnotateConfig, ann, "cli")
+    with pytest.raises(ConfigError, match=r"cli: lr: Input should be a finite number"):
+        validate(ClassifierTrainConfig, {"clean": ["a"], "corrupt": ["b"], "lr": "nan"}, "cli")
+
+
+def test_task_names_come_from_the_registry(tmp_path: Path) -> None:
+    from ambient_core.envs.registry import task_names
+
+    f = tmp_path / "t.yaml"
+    f.write_text("task: mace\ndata: {clean: [{path: x}]}\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: task: .*unknown task 'mace'") as err:
+        load_run_config(f)
+    assert all(name in str(err.value) for name in task_names())
+
+
+def test_one_dotted_path_helper_for_overrides_spaces_and_constraints() -> None:
+    from ambient_platform.config.base import PathError, get_path, set_path
+
+    d = {"a": {"b": [{"c": 1}], "n": None}}
+    assert get_path(d, "a.b.0.c") == 1
+    set_path(d, "a.b.0.c", 2)
+    assert d["a"]["b"][0]["c"] == 2
+    with pytest.raises(PathError, match=r"a.x does not exist"):
+        get_path(d, "a.x.y")
+    with pytest.raises(PathError, match=r"a.n is null"):
+        get_path(d, "a.n.k")
+    with pytest.raises(PathError, match=r"a.b.3: 3 is not an index of the list \(length 1\)"):
+        set_path(d, "a.b.3", 0)
+    with pytest.raises(PathError, match="empty key segment"):
+        get_path(d, "a..b")
+    apply_overrides(d, ["a.n.k=1"])  # overrides create mappings where a null stood
+    assert d["a"]["n"] == {"k": 1}
+    with pytest.raises(ConfigError, match=r"override 'a.b.0.c.d=1': a.b.0.c is a int"):
+        apply_overrides(d, ["a.b.0.c.d=1"])
+
+
+def test_horizon_rules_are_the_runtime_ones() -> None:
+    path = CONFIGS[0].parent / "maze_ambient.yaml"
+    with pytest.raises(ConfigError, match=r"policy: Value error, horizon 10 must be divisible"):
+        load_run_config(path, ["policy.horizon=10"])
+    with pytest.raises(ConfigError, match=r"n_action_steps = 17 exceeds horizon 16"):
+        load_run_config(path, ["policy.n_action_steps=16"])

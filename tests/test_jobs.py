@@ -113,7 +113,7 @@ def test_cli_help_generate_and_config_errors(tmp_path: Path) -> None:
         ],
     )
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["clean_episodes"] == 3
+    assert json.loads(out.stdout)["clean_episodes"] == 3
     assert (tmp_path / "d" / "corrupt" / "meta.json").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: maze\ndata: {clean: [{path: x}]}\npolicy: {horizon: 10}\n")
@@ -150,7 +150,7 @@ def test_classifier_cli_keeps_every_epoch_and_logs_per_bucket(tmp_path: Path) ->
     assert (tmp_path / "clf" / "epoch_1" / "classifier.pt").exists()
     assert (tmp_path / "clf" / "epoch_2" / "classifier.json").exists()
     client = MlflowClient(uri)
-    run_id = json.loads(out.output[out.output.index("{") :])["run_id"]
+    run_id = json.loads(out.stdout)["run_id"]
     hist = client.get_metric_history(run_id, "acc/s0.0-0.1")
     assert [h.step for h in hist] == [1, 2]
     assert "accuracy_vs_sigma.png" in {a.path for a in client.list_artifacts(run_id)}
@@ -158,3 +158,7 @@ def test_classifier_cli_keeps_every_epoch_and_logs_per_bucket(tmp_path: Path) ->
         main, ["classifier", "train", "--data", str(tmp_path / "nope"), "--corrupt", "x"]
     )
     assert bad.exit_code == 2 and "is not a dataset" in bad.output
+    nan = CliRunner().invoke(
+        main, ["classifier", "train", "--data", "a", "--corrupt", "b", "--lr", "nan"]
+    )
+    assert nan.exit_code == 2 and "lr: Input should be a finite number" in nan.output

@@ -129,7 +129,9 @@ def test_validation_errors_name_dataset_episode_and_camera(
     features = json.loads(good)["features"]
     features[CAM]["shape"] = [32, 32, 3]
     _rewrite_json(info, {"features": features})
-    with pytest.raises(DataError, match=r"episode 1 camera 'observation.images.top'.*48x48.*32x32"):
+    with pytest.raises(
+        DataError, match=r"episode 1 camera 'observation.images.top'.*48x48.*32x32"
+    ):
         LeRobotDataset(root, name="pix").decode_episode(CAM, 1)
     info.write_text(good)
 
@@ -262,8 +264,9 @@ def test_image_policy_trains_on_lerobot_from_s3_and_plays_from_pixels(
     torch.manual_seed(0)
     policy = VisionDiffusionPolicy(spec, Normalizer.fit(data.features))
     sampler = NoiseFirstSampler(len(data), sigmas=ddpm_sigmas(100), seed=0)
-    state = make_state(policy, sampler, TrainConfig(steps=6, batch_size=8, warmup_steps=2,
-                                                    log_every=3))
+    state = make_state(
+        policy, sampler, TrainConfig(steps=6, batch_size=8, warmup_steps=2, log_every=3)
+    )
     before = [p.detach().clone() for p in policy.encoder.parameters()]
     train(state, data)
     assert len(state.history) == 2 and all(np.isfinite(h["loss"]) for h in state.history)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from ambient_core.envs import maze
+from ambient_platform.config.annotation import ClassifierTrainConfig
 from ambient_platform.datasets import write_dataset
 from ambient_platform.storage import StorageRoot
 from jobs.train_classifier import run_classifier_training
@@ -148,13 +149,15 @@ def test_submit_runs_on_the_cluster_logs_to_mlflow_and_never_twice(
     write_dataset(StorageRoot(str(store / "data" / "clean")), clean, "clean", "maze")
     write_dataset(StorageRoot(str(store / "data" / "rrt")), corrupt, "rrt", "maze")
     run_classifier_training(
-        [str(store / "data" / "clean")],
-        [str(store / "data" / "rrt")],
-        out=str(store / "classifiers" / "tiny"),
-        channels=(8,),
-        epochs=1,
-        steps_per_epoch=3,
-        batch_size=8,
+        ClassifierTrainConfig(
+            clean=[str(store / "data" / "clean")],
+            corrupt=[str(store / "data" / "rrt")],
+            out=str(store / "classifiers" / "tiny"),
+            channels=[8],
+            epochs=1,
+            steps_per_epoch=3,
+            batch_size=8,
+        ),
         track=False,
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -325,9 +325,10 @@ def test_smoke_sweep_end_to_end(ray_session: object, tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.params["searcher"] == "grid" and parent.data.params["trials"] == "4"
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
-    assert {"results/results.csv", "results/best_config.yaml", "results/plots"} <= arts
-    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "results/plots")}
-    assert "results/plots/train_loss_vs_train.lr.png" in plots
+    assert {"results/results.csv", "results/best_config.yaml"} <= arts
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/index.html", "report/train_loss_vs_lr.png"} <= report
+    assert Path(res["report"]).is_file() and "verdict:" in res["headline"]
     spec_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "spec")}
     assert {"spec/sweep.yaml", "spec/searcher.json", "spec/base_run_config.yaml"} <= spec_arts
     assert parent.data.metrics["trials/total"] == 4

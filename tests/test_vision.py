@@ -231,7 +231,6 @@ def test_pixel_episode_and_observation_adapter() -> None:
 
         def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
             seen.append(obs)
-            b = obs[px.PROPRIO_KEY].shape[0]
             return np.tile(obs[px.PROPRIO_KEY][:, -1:, :], (1, 4, 1))  # stay in place
 
     metrics, roll = px.evaluate(Recorder(), n_episodes=3, seed=0, max_steps=8, size=48)

@@ -24,11 +24,18 @@ from mlflow import MlflowClient
 from ambient_core.data import DataError, episodes_to_table
 from ambient_core.envs import maze
 from ambient_platform.config import ConfigError, load_run_config
+from ambient_platform.config.annotation import ClassifierTrainConfig
+from ambient_platform.config.watch import (
+    WatchConfig,
+    cron_expression,
+    cron_next_after,
+    load_watch_config,
+)
 from ambient_platform.datasets import write_dataset
+from ambient_platform.manifest import latest_manifest
 from ambient_platform.storage import LeaseKeeper, LeaseLost, StorageRoot
-from ambient_platform.config.watch import Cron, WatchConfig, load_watch_config
-from jobs.annotate import latest_manifest
-from jobs.reannotate import LEASE_KEY, run_pass
+from jobs.annotation_plan import LEASE_KEY
+from jobs.reannotate import run_pass
 from jobs.train import prepare
 from jobs.train_classifier import run_classifier_training
 from orchestrator.cli import main as cli
@@ -43,38 +50,51 @@ GRID = [0, 30, 99]
 
 def test_cron_next_times() -> None:
     sat = dt.datetime(2026, 11, 21, 10, 7, 30)  # a Saturday
-    assert Cron.parse("*/15 * * * *").next_after(sat) == dt.datetime(2026, 11, 21, 10, 15)
-    assert Cron.parse("0 3 * * mon-fri").next_after(sat) == dt.datetime(2026, 11, 23, 3, 0)
-    assert Cron.parse("@daily").next_after(sat) == dt.datetime(2026, 11, 22, 0, 0)
-    assert Cron.parse("0 0 29 2 *").next_after(sat) == dt.datetime(2028, 2, 29, 0, 0)
+    nxt = cron_next_after
+    assert nxt("*/15 * * * *", sat) == dt.datetime(2026, 11, 21, 10, 15)
+    assert nxt("0 3 * * mon-fri", sat) == dt.datetime(2026, 11, 23, 3, 0)
+    assert nxt("@daily", sat) == dt.datetime(2026, 11, 22, 0, 0)
+    assert nxt("0 0 29 2 *", sat) == dt.datetime(2028, 2, 29, 0, 0)
     # Both day fields restricted: either matches (cron semantics) -> Friday the 27th first.
-    assert Cron.parse("30 4 1,15 * 5").next_after(sat) == dt.datetime(2026, 11, 27, 4, 30)
-    assert Cron.parse("0 12 * * 0").next_after(sat) == Cron.parse("0 12 * * 7").next_after(sat)
+    assert nxt("30 4 1,15 * 5", sat) == dt.datetime(2026, 11, 27, 4, 30)
+    assert nxt("0 12 * * 0", sat) == nxt("0 12 * * 7", sat)
     t = dt.datetime(2026, 11, 21, 10, 15, tzinfo=dt.UTC)
-    assert Cron.parse("*/15 * * * *").next_after(t) == t + dt.timedelta(minutes=15)
+    assert nxt("*/15 * * * *", t) == t + dt.timedelta(minutes=15)
+
+
+def test_cron_step_in_a_day_field_is_cron_semantics() -> None:
+    """``*/2`` starts with ``*``, so (as in Debian/Vixie cron) day-of-month and day-of-week must
+    both match. The hand-written parser treated it as a restriction and OR-ed the fields: it
+    fired every Monday and every odd day of the month."""
+    sat = dt.datetime(2026, 11, 21, 10, 7, 30)
+    # odd days of the month that are Mondays: Nov 23 is a Monday but even; Dec 7 is odd.
+    assert cron_next_after("0 0 */2 * 1", sat) == dt.datetime(2026, 12, 7, 0, 0)
+    assert cron_next_after("0 0 */2 * *", sat) == dt.datetime(2026, 11, 23, 0, 0)
 
 
 @pytest.mark.parametrize(
     ("expr", "message"),
     [
         ("* * * *", "needs 5 fields"),
-        ("61 * * * *", "minute field '61'"),
-        ("* 24 * * *", "hour field"),
-        ("* * * 13 *", "month field"),
-        ("*/0 * * * *", "outside"),
-        ("x * * * *", "not a number"),
+        ("0 * * * * *", "needs 5 fields"),  # cronsim's seconds field is not cron
+        ("61 * * * *", "Bad minute"),
+        ("* 24 * * *", "Bad hour"),
+        ("* * * 13 *", "Bad month"),
+        ("*/0 * * * *", "Bad minute"),
+        ("x * * * *", "Bad minute"),
+        ("0 0 31 2 *", "Bad day-of-month"),
     ],
 )
 def test_cron_errors_name_the_field(expr: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Cron.parse(expr)
+        cron_expression(expr)
 
 
 def test_watch_config_errors_name_file_and_path(tmp_path: Path) -> None:
     good = {"name": "w", "sources": ["data/x"], "classifier": "c", "epochs": [1]}
     f = tmp_path / "w.yaml"
     f.write_text(yaml.safe_dump({**good, "schedule": {"cron": "99 * * * *"}}))
-    with pytest.raises(ConfigError, match=r"w.yaml: schedule: .*minute field"):
+    with pytest.raises(ConfigError, match=r"w.yaml: schedule: .*Bad minute"):
         load_watch_config(f)
     f.write_text(yaml.safe_dump({**good, "schedule": {"interval_s": 5, "cron": "* * * * *"}}))
     with pytest.raises(ConfigError, match="exactly one of interval_s or cron"):
@@ -169,16 +189,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     clean, corrupt = maze.generate(maze.MazeEnv(), 6, 30, seed=1, clean_method="builtin")
     write_dataset(StorageRoot(str(d / "clean")), clean, "clean", "maze")
     write_dataset(StorageRoot(str(d / "rrt")), corrupt[:12], "rrt", "maze", shard_episodes=6)
-    res = run_classifier_training(
-        [str(d / "clean")],
-        [str(d / "rrt")],
+    cfg = ClassifierTrainConfig(
+        clean=[str(d / "clean")],
+        corrupt=[str(d / "rrt")],
         out=str(d / "clf"),
-        channels=(8, 16),
+        channels=[8, 16],
         epochs=1,
         steps_per_epoch=20,
         batch_size=32,
-        track=False,
     )
+    res = run_classifier_training(cfg, track=False)
     return {"dir": d, "clf": res["dir"], "base": corrupt[:12], "spare": corrupt[12:]}
 
 
@@ -209,12 +229,12 @@ def test_passes_annotate_only_new_shards_with_lineage_and_training_follows(
     src = _copy_source(world, tmp_path / "rrt")
     out = tmp_path / "ann"
     cfg = _cfg(src.uri, world["clf"], str(out))
-    first = run_pass(cfg, tracking_uri=uri, verbose=False)
+    first = run_pass(cfg, tracking_uri=uri)
     assert first["status"] == "committed" and first["version"] == 1
     assert first["shards_annotated"] == 2
     # A new shard lands under a producer's own name; only it is annotated.
     _land(src, "data/sim-run-7.parquet", world["spare"][:4], first=100)
-    second = run_pass(cfg, tracking_uri=uri, verbose=False)
+    second = run_pass(cfg, tracking_uri=uri)
     assert (second["status"], second["version"], second["shards_annotated"]) == (
         "committed",
         2,
@@ -223,8 +243,8 @@ def test_passes_annotate_only_new_shards_with_lineage_and_training_follows(
     assert second["new_shards"] == ["rrt/data/sim-run-7.parquet"]
     root = StorageRoot(str(out))
     _, manifest = latest_manifest(root)
-    assert manifest["lineage"]["previous_manifest"].endswith("manifests/v1.json")
-    assert sorted(e["input_key"] for e in manifest["shards"]) == [
+    assert manifest.lineage.previous_manifest.endswith("manifests/v1.json")
+    assert sorted(e.input_key for e in manifest.shards) == [
         "data/shard-00000.parquet",
         "data/shard-00001.parquet",
         "data/sim-run-7.parquet",
@@ -244,7 +264,7 @@ def test_passes_annotate_only_new_shards_with_lineage_and_training_follows(
         cli,
         ["watch", "--config", _write_cfg(cfg, tmp_path), "--once", "--tracking-uri", uri],
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # --once: 3 = nothing new
     assert '"status": "up-to-date"' in res.output
     assert len(client.search_runs([run.info.experiment_id])) == 2
     # Training reads exactly the shards the manifest names: 16 episodes, not a later arrival.
@@ -258,12 +278,12 @@ def test_passes_annotate_only_new_shards_with_lineage_and_training_follows(
     _land(src, "data/sim-run-7.parquet", world["spare"][6:10], first=100)
     with pytest.raises(DataError, match=r"sim-run-7.parquet is changed since annotation"):
         prepare(run_cfg)
-    third = run_pass(cfg, tracking_uri=uri, verbose=False)
+    third = run_pass(cfg, tracking_uri=uri)
     assert third["changed_shards"] == ["rrt/data/sim-run-7.parquet"]
     assert third["new_shards"] == ["rrt/data/sim-run-8.parquet"]
     # A shard removed from the source leaves the next manifest.
     os.remove(tmp_path / "rrt" / "data" / "sim-run-8.parquet")
-    fourth = run_pass(cfg, track=False, verbose=False)
+    fourth = run_pass(cfg, track=False)
     assert fourth["removed_shards"] == ["rrt/data/sim-run-8.parquet"]
     prepare(run_cfg)
 
@@ -300,7 +320,7 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     src = StorageRoot(f"{base}/rrt")
     write_dataset(src, world["base"], "rrt", "maze", shard_episodes=6)
     cfg = _cfg(src.uri, world["clf"], f"{base}/ann", quarantine_after=3)
-    run_pass(cfg, track=False, verbose=False)
+    run_pass(cfg, track=False)
     full = _land(src, "data/late.parquet", world["spare"][:3], first=300)
     src.write_bytes("data/late.parquet", full[: len(full) // 2])  # a writer mid-file
     src.write_bytes("data/garbage.parquet", b"PAR1 not parquet at all")
@@ -309,7 +329,7 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     buf = io.BytesIO()
     pq.write_table(table.drop_columns(["action"]), buf)
     src.write_bytes("data/no-action.parquet", buf.getvalue())
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["shards_annotated"] == 0 and res["shards_retry_later"] == 2  # late + garbage
     now = {q["input_key"]: q["error"] for q in res["quarantined_now"]}
     assert set(now) == {"data/clash.parquet", "data/no-action.parquet"}
@@ -317,34 +337,34 @@ def test_incomplete_shard_is_retried_and_bad_shards_are_quarantined(
     assert "lacks columns ['action']" in now["data/no-action.parquet"]
     # The writer finishes: the late shard is annotated on the next pass.
     src.write_bytes("data/late.parquet", full)
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["new_shards"] == ["rrt/data/late.parquet"] and res["shards_retry_later"] == 1
     # The garbage never changes: quarantined on its third pass, then left alone.
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert [q["input_key"] for q in res["quarantined_now"]] == ["data/garbage.parquet"]
     assert "unchanged for 3 passes" in res["quarantined_now"][0]["error"]
     _, manifest = latest_manifest(StorageRoot(f"{base}/ann"))
-    assert sorted(q["input_key"] for q in manifest["quarantined"]) == [
+    assert sorted(q.input_key for q in manifest.quarantined) == [
         "data/clash.parquet",
         "data/garbage.parquet",
         "data/no-action.parquet",
     ]
-    assert run_pass(cfg, track=False, verbose=False)["status"] == "up-to-date"
+    assert run_pass(cfg, track=False)["status"] == "up-to-date"
     # Fixing a quarantined file releases it: the clash re-landed with fresh episode indices.
     _land(src, "data/clash.parquet", world["spare"][3:5], first=500)
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["new_shards"] == ["rrt/data/clash.parquet"] and res["shards_quarantined"] == 2
     # An annotated shard caught mid-rewrite leaves the manifest (its curves are stale) and is
     # annotated again once the rewrite completes.
     original = src.read_bytes("data/shard-00001.parquet")
     src.write_bytes("data/shard-00001.parquet", original[:100])
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["removed_shards"] == ["rrt/data/shard-00001.parquet"]
     assert res["retry_later"] == [
         {"dataset": "rrt", "input_key": "data/shard-00001.parquet", "passes": 1}
     ]
     src.write_bytes("data/shard-00001.parquet", original)
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["new_shards"] == ["rrt/data/shard-00001.parquet"]
 
 
@@ -355,11 +375,21 @@ def test_a_second_watcher_is_kept_off_by_the_lease(
     cfg = _cfg(src.uri, world["clf"], str(tmp_path / "ann"))
     ann = StorageRoot(str(tmp_path / "ann"))
     assert ann.acquire_lease(LEASE_KEY, "watcher-on-another-node", 60)
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["status"] == "busy" and res["holder"] == "watcher-on-another-node"
     assert latest_manifest(ann) == (0, None) and not ann.list("shards/")
+    # `watch --once` tells cron what happened by its exit code (documented in its --help).
+    f = _write_cfg(cfg, tmp_path)
+    once = ["watch", "--config", f, "--once", "--no-track"]
+    out = CliRunner().invoke(cli, once)
+    assert out.exit_code == 4, out.output  # busy: another holder
     ann.release_lease(LEASE_KEY, "watcher-on-another-node")
-    assert run_pass(cfg, track=False, verbose=False)["version"] == 1
+    out = CliRunner().invoke(cli, once)
+    assert out.exit_code == 0, out.output  # a new version committed
+    assert latest_manifest(ann)[0] == 1
+    assert CliRunner().invoke(cli, once).exit_code == 3  # nothing new
+    helps = CliRunner().invoke(cli, ["watch", "--help"]).output
+    assert all(f"  {code}  " in helps for code in (0, 3, 4, 2))
 
 
 def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
@@ -367,16 +397,16 @@ def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
 ) -> None:
     # Classifier and data both in S3: actors download the classifier into their node cache.
     clf = f"s3://{s3_bucket}/classifiers/tiny"
-    run_classifier_training(
-        [str(world["dir"] / "clean")],
-        [str(world["dir"] / "rrt")],
+    clf_cfg = ClassifierTrainConfig(
+        clean=[str(world["dir"] / "clean")],
+        corrupt=[str(world["dir"] / "rrt")],
         out=clf,
-        channels=(8, 16),
+        channels=[8, 16],
         epochs=1,
         steps_per_epoch=5,
         batch_size=16,
-        track=False,
     )
+    run_classifier_training(clf_cfg, track=False)
     src = StorageRoot(f"s3://{s3_bucket}/rrt")
     write_dataset(src, world["spare"][:1], "rrt", "maze", shard_episodes=1)
     n = 1
@@ -389,7 +419,7 @@ def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
     )
     f = _write_cfg(cfg, tmp_path)
     code = (
-        "from jobs.reannotate import run_pass; from ambient_platform.watch_config import "
+        "from jobs.reannotate import run_pass; from ambient_platform.config.watch import "
         f"load_watch_config; run_pass(load_watch_config({f!r}), track=False)"
     )
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-w9-")}
@@ -419,15 +449,15 @@ def test_kill_dash_nine_mid_pass_on_s3_then_rerun_annotates_each_shard_once(
     # longer exists, so the next pass takes it over at once instead of waiting out the TTL.
     dead = ann.read_lease(LEASE_KEY)
     assert dead is not None and not dead.expired() and dead.owner.split("/")[1] == str(proc.pid)
-    res = run_pass(cfg, track=False, verbose=False)
+    res = run_pass(cfg, track=False)
     assert res["status"] == "committed" and res["shards_resumed"] == len(markers)
     assert res["shards_resumed"] + res["shards_annotated"] == n
     _, manifest = latest_manifest(ann)
     fs, base = ann.arrow_filesystem()
     src_base = src.arrow_filesystem()[1]
     keys = []
-    for e in manifest["shards"]:
-        t = pq.read_table(f"{base}/{e['output_key']}", filesystem=fs)
+    for e in manifest.shards:
+        t = pq.read_table(f"{base}/{e.output_key}", filesystem=fs)
         keys += list(
             zip(t["episode_index"].to_pylist(), t["frame_index"].to_pylist(), strict=True)
         )
@@ -476,7 +506,7 @@ def test_follow_up_sweep_runs_once_pinned_to_the_new_version(
     cfg = _cfg(
         src.uri, world["clf"], str(out), on_new_data={"sweep": str(tmp_path / "after.yaml")}
     )
-    res = run_pass(cfg, tracking_uri=uri, verbose=False, run_follow_up=follow_up_sweep)
+    res = run_pass(cfg, tracking_uri=uri, run_follow_up=follow_up_sweep)
     assert res["follow_up"]["sweep"] == "after-rrt-v1"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("after-watch")
@@ -485,7 +515,12 @@ def test_follow_up_sweep_runs_once_pinned_to_the_new_version(
     ]
     assert len(trials) == 1
     assert trials[0].data.params["data.corrupt.0.annotation.version"] == "1"
-    again = run_pass(cfg, tracking_uri=uri, verbose=False, run_follow_up=follow_up_sweep)
+    # The threshold the trial used is logged as metrics; the config's 0.0 is a placeholder.
+    assert trials[0].data.params["data.corrupt.0.sigma_min"] == "0.0"
+    m = trials[0].data.metrics
+    assert {"sigma_min/mean", "sigma_min/p10", "sigma_min/p50", "sigma_min/p90"} <= set(m)
+    assert 0.0 < m["sigma_min/mean"] <= 1.0 and 0.0 <= m["sigma_min/eligible_share"] <= 1.0
+    again = run_pass(cfg, tracking_uri=uri, run_follow_up=follow_up_sweep)
     assert again["status"] == "up-to-date" and "follow_up" not in again
 
 
@@ -496,12 +531,12 @@ def test_a_run_mlflow_missed_is_logged_by_the_next_pass(
     cfg = _cfg(src.uri, world["clf"], str(tmp_path / "ann"))
     (tmp_path / "not-a-dir").write_text("")  # the store cannot be created under a file
     with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises for a dead store
-        run_pass(cfg, tracking_uri=f"sqlite:///{tmp_path}/not-a-dir/db.sqlite", verbose=False)
+        run_pass(cfg, tracking_uri=f"sqlite:///{tmp_path}/not-a-dir/db.sqlite")
     assert latest_manifest(StorageRoot(str(tmp_path / "ann")))[0] == 1  # committed first
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = run_pass(cfg, tracking_uri=uri, verbose=False)
+    res = run_pass(cfg, tracking_uri=uri)
     assert res["status"] == "up-to-date" and res["run_id"]
     run = MlflowClient(uri).get_run(res["run_id"])
     assert run.data.tags["ambient.manifest_version"] == "1"
     assert run.data.metrics["shards_new"] == 2
-    assert "run_id" not in run_pass(cfg, tracking_uri=uri, verbose=False)  # logged once
+    assert "run_id" not in run_pass(cfg, tracking_uri=uri)  # logged once

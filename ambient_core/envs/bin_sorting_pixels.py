@@ -39,7 +39,9 @@ RING_OPEN = (0.075, 0.095)  # inner, outer radius of the open gripper's ring
 RING_CLOSED = (0.035, 0.075)
 
 
-def _pixel_centres(size: int, ss: int, config: bs.BinSortingConfig) -> tuple[np.ndarray, ...]:
+def _pixel_centres(
+    size: int, ss: int, config: bs.BinSortingConfig
+) -> tuple[np.ndarray, np.ndarray]:
     n = size * ss
     (x0, y0), (x1, y1) = config.table_low, config.table_high
     xs = x0 + (np.arange(n) + 0.5) * (x1 - x0) / n

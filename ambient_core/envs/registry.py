@@ -29,6 +29,7 @@ class Task:
     generate: Callable[[int, int, int], tuple[list[Episode], list[Episode]]]
     evaluate: Callable[[ChunkPolicy, int, int, int | None], EvalResult]
     plot_dataset: Callable[[list[Episode], list[Episode], Path], None]
+    image_keys: tuple[str, ...] = ()  # cameras (L, H, W, 3) uint8; datasets are LeRobot v3
 
 
 def _maze() -> Task:
@@ -92,7 +93,43 @@ def _bin_sorting() -> Task:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Task]] = {"maze": _maze, "bin_sorting": _bin_sorting}
+def _bin_sorting_pixels() -> Task:
+    from ambient_core.envs import bin_sorting as bs
+    from ambient_core.envs import bin_sorting_pixels as px
+
+    def evaluate(policy: ChunkPolicy, n: int, seed: int, max_steps: int | None) -> EvalResult:
+        m, roll = px.evaluate(policy, n, seed, max_steps=max_steps or 200)
+
+        def plot(path: Path) -> None:
+            bs.plot_rollouts(roll, path)
+
+        return EvalResult(m.as_dict(), plot)
+
+    def plot_dataset(clean: list[Episode], corrupt: list[Episode], path: Path) -> None:
+        eps = [
+            {bs.STATE_KEY: ep[px.ENV_STATE_KEY], bs.ACTION_KEY: ep[bs.ACTION_KEY]}
+            for ep in clean[:8] + corrupt[:8]
+        ]
+        bs.plot_rollouts(bs.replay(eps), path, title="8 clean + 8 corrupt")
+
+    return Task(
+        "bin_sorting_pixels",
+        (px.PROPRIO_KEY,),
+        3,
+        "success",
+        tuple(m for m in bs.METRIC_NAMES if m != "n"),
+        px.generate,
+        evaluate,
+        plot_dataset,
+        image_keys=(px.IMAGE_KEY,),
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {
+    "maze": _maze,
+    "bin_sorting": _bin_sorting,
+    "bin_sorting_pixels": _bin_sorting_pixels,
+}
 
 
 def get_task(name: str) -> Task:

@@ -91,6 +91,21 @@ class DataConfig(StrictModel):
         return self
 
 
+class VisionConfig(StrictModel):
+    """The image encoder of tasks with cameras (diffusion_policy / LeRobot defaults).
+
+    ``crop_shape`` (H, W) defaults to 7/8 of the image (84 of 96): random crops while training,
+    the centre crop in evaluation. ``backbone_width`` is ResNet-18's first-stage width (64; less
+    trains faster on CPU). ``cache_gb`` bounds the decoded frames kept in memory.
+    """
+
+    crop_shape: list[int] | None = Field(None, min_length=2, max_length=2)
+    num_keypoints: int = Field(32, ge=1)
+    backbone_width: int = Field(64, ge=1)
+    shared_encoder: bool = False
+    cache_gb: PositiveFloat = 4.0
+
+
 class PolicyConfig(StrictModel):
     horizon: int = Field(16, ge=1)
     n_obs_steps: int = Field(2, ge=1)
@@ -102,6 +117,7 @@ class PolicyConfig(StrictModel):
     step_embed_dim: int = Field(64, ge=2)
     mlp_hidden: int = Field(256, ge=1)
     mlp_depth: int = Field(3, ge=1)
+    vision: VisionConfig = Field(default_factory=VisionConfig)  # used by tasks with cameras
 
     @model_validator(mode="after")
     def _horizon(self) -> PolicyConfig:

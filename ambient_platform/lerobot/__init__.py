@@ -26,15 +26,17 @@ resolves here (0.3.2) is codebase v2.1 without it; we run Python 3.11 with the p
 2.13.0. PyAV is already a dependency and decodes the same files.
 """
 
-from ambient_platform.lerobot.layout import CODEBASE_VERSION
-from ambient_platform.lerobot.read import EpisodeInfo, LeRobotDataset, VideoSpan
+from ambient_platform.lerobot.layout import CODEBASE_VERSION, INFO_PATH
+from ambient_platform.lerobot.read import EpisodeInfo, LeRobotDataset, VideoSpan, ambient_meta
 from ambient_platform.lerobot.write import VideoOptions, write_lerobot
 
 __all__ = [
     "CODEBASE_VERSION",
     "EpisodeInfo",
+    "INFO_PATH",
     "LeRobotDataset",
     "VideoOptions",
     "VideoSpan",
+    "ambient_meta",
     "write_lerobot",
 ]

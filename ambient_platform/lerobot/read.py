@@ -7,7 +7,9 @@ Every check names the dataset, episode and camera it failed on.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -294,6 +296,7 @@ class LeRobotDataset:
             cache.move_to_end(key)
             return cache[key]
         local = self.root.local_path
+        container: Any
         if local is not None:
             path = local.joinpath(*key.split("/"))
             if not path.is_file():
@@ -384,3 +387,39 @@ class LeRobotDataset:
         for container in (getattr(self._local, "containers", None) or {}).values():
             container.close()
         self._local.containers = None
+
+
+def ambient_meta(root: StorageRoot, name: str | None = None) -> dict[str, Any]:
+    """The platform's dataset meta (``ambient_platform.datasets`` layout) of a LeRobot v3 root.
+
+    LeRobot's data files are Parquet shards with ``episode_index``, ``frame_index`` and
+    list-of-float feature columns, i.e. the shards every reader here already takes; so training,
+    classifier training and annotation read the low-dim columns in place through this meta, and
+    only images need the video reader. The digest covers info.json and every data and episode
+    file's size and ETag (mtime locally).
+    """
+    ds = LeRobotDataset(root, name)
+    rows: dict[str, int] = {}
+    for e in ds.episodes:
+        rows[e.data_key] = rows.get(e.data_key, 0) + e.length
+    listed = {f.key: f for f in root.list("")}
+    missing = [k for k in rows if k not in listed]
+    if missing:
+        raise ds._fail(f"data files {missing} named by meta/episodes are missing")
+    h = hashlib.sha256(json.dumps(ds.info, sort_keys=True).encode())
+    for key in sorted(k for k in listed if k.startswith(("data/", "meta/episodes/", "videos/"))):
+        h.update(f"{key}:{listed[key].size}:{listed[key].etag_or_mtime}".encode())
+    return {
+        "format": f"lerobot/{ds.info['codebase_version']}",
+        "name": name or root.uri.rstrip("/").rsplit("/", 1)[-1],
+        "fps": ds.fps,
+        "robot_type": ds.info.get("robot_type"),
+        "features": {
+            k: {"dtype": "float32", "shape": ds.features[k]["shape"]} for k in ds.lowdim_keys
+        },
+        "cameras": {k: {"shape": list(ds.image_shape(k))} for k in ds.video_keys},
+        "episodes": len(ds.episodes),
+        "frames": sum(rows.values()),
+        "shards": [{"key": k, "rows": n} for k, n in rows.items()],
+        "digest": h.hexdigest(),
+    }

@@ -105,7 +105,7 @@ def _encode_video(
     """Encode episodes back to back into one MP4; returns (from_ts, to_ts) per episode."""
     container = av.open(out, mode="w", format="mp4")
     h, w = episodes[0].shape[1:3]
-    stream = container.add_stream(
+    stream: Any = container.add_stream(
         opts.codec,
         rate=fps,
         options={"crf": str(opts.crf), "g": str(opts.gop), "bf": "0", "preset": opts.preset},

@@ -14,7 +14,7 @@ def data() -> None:
 
 @data.command("generate")
 @common
-@click.argument("task", type=click.Choice(["maze", "bin-sorting"]))
+@click.argument("task", type=click.Choice(["maze", "bin-sorting", "bin-sorting-pixels"]))
 @click.option(
     "--clean",
     "n_clean",

@@ -79,7 +79,59 @@ def outcome_of(status: str, last: dict[str, Any]) -> str:
     return status.lower()
 
 
+#: The live views of the sweeps this process drives, by sweep name (see ``SweepMonitor``).
+_LIVE: dict[str, LiveView] = {}
+
+
 class SweepMonitor(Callback):
+    """Tune callback that forwards to this process's ``LiveView`` of the sweep.
+
+    Tune pickles its callbacks into ``tuner.pkl`` and ``Tuner.restore`` brings back those
+    pickled objects, not the driver's new ones: so the callback holds only the sweep name and
+    looks up the live view (index, progress bar, report refresh) the current driver registered.
+    """
+
+    def __init__(self, view: LiveView) -> None:
+        self.key = view.info.name
+        _LIVE[self.key] = view
+
+    @property
+    def view(self) -> LiveView | None:
+        return _LIVE.get(self.key)
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        if self.view is not None:
+            self.view.setup()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.view is not None:
+            self.view.trial_started(trial)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.view is not None:
+            self.view.step(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.view is not None:
+            self.view.ended(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.view is not None:
+            self.view.ended(trial, "ERROR")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        view = _LIVE.pop(self.key, None)
+        if view is not None:
+            view.close(trials)
+
+
+class LiveView:
     """Keeps ``ambient_index.json`` current, logs a line per finished trial, drives a tqdm bar
     and asks for a report refresh whenever a trial ends."""
 
@@ -139,15 +191,9 @@ class SweepMonitor(Callback):
                 self.index.write(self.root)
             self.last_write = now
 
-    # -- Tune hooks
+    # -- what the Tune hooks do
 
-    def setup(
-        self,
-        stop: Any = None,
-        num_samples: int | None = None,
-        total_num_samples: int | None = None,
-        **info: Any,
-    ) -> None:
+    def setup(self) -> None:
         done = sum(1 for t in self.index.trials.values() if t.get("outcome") in DONE)
         self.bar = tqdm(
             total=self.index.n_trials,
@@ -158,24 +204,18 @@ class SweepMonitor(Callback):
             dynamic_ncols=True,
         )
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def trial_started(self, trial: Any) -> None:
         self.started[trial.trial_id] = time.time()
         self.index.trials[trial.trial_id] = {**self._entry(trial), "started": time.time()}
         self.write(force=True)
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def step(self, trials: list[Any]) -> None:
         if self._sync(trials):
             self.write(force=True)
         else:
             self.write()
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "TERMINATED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "ERROR")
-
-    def _ended(self, trial: Any, status: str) -> None:
+    def ended(self, trial: Any, status: str) -> None:
         """Tune calls the end hooks before it sets the trial's final status: take it from the
         hook that fired."""
         entry = self._entry(trial)
@@ -203,7 +243,7 @@ class SweepMonitor(Callback):
         if self.on_trial_end is not None:
             self.on_trial_end()
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def close(self, trials: list[Any]) -> None:
         self._sync(trials)
         self.write(force=True)
         if self.bar is not None:

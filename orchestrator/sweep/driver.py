@@ -33,7 +33,7 @@ from ambient_platform.tracking import (
     scratch_dir,
 )
 from jobs.trial import TrialContext, close_run, sweep_trial
-from orchestrator.sweep.callbacks import Refresher, SweepMonitor, TrialRunCloser
+from orchestrator.sweep.callbacks import LiveView, Refresher, SweepMonitor, TrialRunCloser
 from orchestrator.sweep.report import Report, build_report, publish
 from orchestrator.sweep.results import build_results
 from orchestrator.sweep.searcher import SearchPlan, scheduler, search_plan
@@ -403,8 +403,15 @@ def _fit(
 
     root = experiment_root(sweep)
     refresher = Refresher(report_job.refresh)
-    monitor = SweepMonitor(info, root, index, refresher.poke, progress)
-    callbacks = [TrialRunCloser(info.tracking_uri, sweep.experiment, parent.run_id), monitor]
+    monitor = SweepMonitor(LiveView(info, root, index, refresher.poke, progress))
+    from ray.tune.logger import JsonLoggerCallback
+
+    # Only result.json (Tune's result grid reads it); no CSV or TensorBoard files.
+    callbacks = [
+        TrialRunCloser(info.tracking_uri, sweep.experiment, parent.run_id),
+        monitor,
+        JsonLoggerCallback(),
+    ]
     tuner = _tuner(sweep, _context(sweep, info), plan, callbacks, restored)
     try:
         with parent.active():

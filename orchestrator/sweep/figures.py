@@ -65,7 +65,7 @@ def param_axis(results: Results, path: str) -> Axis:
     )
     if numeric:
         xs = [float(v) for v in [*values, *seen] if v is not None]
-        wide = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 20
+        wide = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 10
         return Axis(True, [], bool(spec.get("log")) or wide)
     cats: list[str] = []
     for v in [*values, *seen]:
@@ -113,8 +113,10 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     span = 0.0
     if axis.numeric and xs_all:
         lo, hi = min(xs_all), max(xs_all)
-        span = 0.06 if axis.log else 0.03 * ((hi - lo) or abs(hi) or 1.0)
+        span = 0.12 if axis.log else 0.06 * ((hi - lo) or abs(hi) or 1.0)
     offs = _offsets(len(groups), axis, span)
+    ns = {c.interval.n for c in results.configs if c.interval.mean is not None}
+    same_n = len(ns) <= 1
     fig = _figure(7.5, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     rng = np.random.default_rng(0)
@@ -143,14 +145,15 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
             ax.errorbar(
                 [x], [i.mean], yerr=yerr, fmt="o", ms=6, color=color, capsize=4, lw=1.4, zorder=3
             )
-            ax.annotate(
-                f"n={i.n}",
-                (x, i.mean),
-                xytext=(6, -3),
-                textcoords="offset points",
-                fontsize=7,
-                color="#555555",
-            )
+            if not same_n:
+                ax.annotate(
+                    f"n={i.n}",
+                    (x, i.mean),
+                    xytext=(5, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=color,
+                )
         means = [(x, c.interval.mean) for x, c in pts if c.interval.mean is not None]
         if axis.numeric and len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
@@ -158,10 +161,11 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     _style_param_axis(ax, axis, info.labels.get(path, path), path)
     better = "lower is better" if info.mode == "min" else "higher is better"
     ax.set_ylabel(f"{info.metric} ({better})")
+    n_text = f"mean of n = {ns.pop()} seeds" if same_n and ns else "mean over seeds (n shown)"
     ax.set_title(
-        f"{info.metric} vs {info.labels.get(path, path)}\nmean over seeds; bars: 95% t-interval "
-        "(none for n = 1); dots: single seeds",
-        fontsize=10,
+        f"{info.metric} vs {info.labels.get(path, path)}\n{n_text}, bars: 95% t-interval "
+        "(none for n = 1); dots: seeds",
+        fontsize=9,
     )
     if len(groups) > 1:
         ax.legend(
@@ -208,25 +212,27 @@ def tradeoff(results: Results, out: Path) -> Path | None:
     gain = gain_metric(results)
     if not costs or gain is None:
         return None
+    costs = [m for m in costs if any(_both(c, m, gain) for c in results.configs)]
+    if not costs:
+        return None
     fig = _figure(5.2 * len(costs) + 0.6, 4.6)
     for k, cost in enumerate(costs):
         ax = fig.add_subplot(1, len(costs), k + 1)
         _tradeoff_panel(ax, results.configs, cost, gain)
     fig.suptitle(
-        f"{gain} vs smoothness per configuration (mean over seeds, bars: 95% interval); "
-        "ringed and joined: Pareto front",
+        f"{gain} vs smoothness (mean over seeds, bars: 95% interval; ringed: Pareto front)",
         fontsize=10,
     )
     return _save(fig, out)
 
 
+def _both(c: ConfigStats, cost: str, gain: str) -> bool:
+    ci, gi = c.metrics.get(cost), c.metrics.get(gain)
+    return ci is not None and gi is not None and ci.mean is not None and gi.mean is not None
+
+
 def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: str) -> None:
-    pts = []
-    for c in configs:
-        ci, gi = c.metrics.get(cost), c.metrics.get(gain)
-        if ci is None or gi is None or ci.mean is None or gi.mean is None:
-            continue
-        pts.append((c, ci, gi))
+    pts = [(c, c.metrics[cost], c.metrics[gain]) for c in configs if _both(c, cost, gain)]
     front = pareto_front([(ci.mean or 0.0, gi.mean or 0.0) for _, ci, gi in pts])
     for j, ((c, ci, gi), on) in enumerate(zip(pts, front, strict=True)):
         ax.errorbar(
@@ -252,9 +258,7 @@ def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: st
     ax.set_xlabel(f"{cost} (lower is smoother)")
     ax.set_ylabel(f"{gain} (higher is better)")
     ax.grid(alpha=0.3)
-    if not pts:
-        ax.text(0.5, 0.5, "no configuration has both metrics", ha="center", transform=ax.transAxes)
-    elif len(pts) <= 12:
+    if len(pts) <= 12:
         ax.legend(fontsize=7, loc="best", frameon=False)
 
 
@@ -292,11 +296,12 @@ def classifier_curves(sets: Sequence[CurveSet], out: Path) -> Path | None:
                 ax.axvline(sm, color=color, ls=":", lw=1)
                 ax.annotate(
                     f"sigma_min = {sm:.3g}",
-                    (sm, tau),
-                    xytext=(4, 6),
+                    (sm, 0.02 + 0.06 * j),
+                    xytext=(3, 0),
                     textcoords="offset points",
                     fontsize=7,
                     color=color,
+                    rotation=0,
                 )
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
@@ -304,12 +309,8 @@ def classifier_curves(sets: Sequence[CurveSet], out: Path) -> Path | None:
         ax.set_ylabel("classifier P(clean | x_sigma)")
         ax.set_title(cs.title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right", frameon=False)
-    fig.suptitle(
-        "Classifier score of the corrupt data vs noise level; dotted: dataset-level sigma_min "
-        "(first sigma where the mean curve exceeds tau)",
-        fontsize=10,
-    )
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+    fig.suptitle("Classifier P(clean) of the corrupt data vs noise level", fontsize=10)
     return _save(fig, out)
 
 

@@ -28,7 +28,7 @@ from jobs.trial import AnnotationCurves, annotation_curves, derived_sigma_min, f
 from orchestrator.sweep import figures
 from orchestrator.sweep.parcoords import parcoords_svg
 from orchestrator.sweep.results import ConfigStats, Results, build_results, fmt, write_tables
-from orchestrator.sweep.state import SweepIndex, SweepInfo
+from orchestrator.sweep.state import SMOOTHNESS, SweepIndex, SweepInfo
 from orchestrator.sweep.stats import Importance, param_importance
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,11 @@ def _all_figures(results: Results, d: Path, notes: list[str]) -> tuple[list[Figu
                 "Configurations on the Pareto front (ringed) are not beaten on both task "
                 "success and smoothness by any other configuration.",
             )
+        )
+    elif any(m in info.metrics for m in SMOOTHNESS):
+        notes.append(
+            "no success-vs-smoothness figure yet: smoothness is measured over successful "
+            "rollouts and no configuration has one"
         )
     else:
         notes.append(f"no success-vs-smoothness figure: task {info.task} reports no smoothness")

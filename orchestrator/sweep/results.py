@@ -327,9 +327,9 @@ def best_record(info: SweepInfo, ranking: Ranking) -> dict[str, Any] | None:
     if best is None or best.interval.mean is None:
         return None
     cfg = copy.deepcopy(info.base)
-    for path, value in best.params.items():
-        set_path(cfg, path, copy.deepcopy(value))
-    if cfg:
+    if cfg:  # sweeps started by older versions did not record their base config
+        for path, value in best.params.items():
+            set_path(cfg, path, copy.deepcopy(value))
         cfg["train"]["seed"] = int(info.seeds[0]) if info.seeds else 0
         cfg["tracking"]["run_name"] = None
     i = best.interval
@@ -379,8 +379,8 @@ def write_tables(
 ) -> None:
     """results.csv, results_by_config.csv (ranked), best_config.yaml and best.json in ``d``."""
     d.mkdir(parents=True, exist_ok=True)
-    trial_cols = ["trial_id", "name", "status", "outcome", *info.paths, "seed", "round", "final"]
-    trial_cols += [*info.metrics, "duration_s", "attempt", "mlflow_run_id"]
+    trial_cols = ["trial_id", "status", "outcome", *info.paths, "seed", "round", "final"]
+    trial_cols += [*info.metrics, "duration_s", "attempt", "name", "mlflow_run_id"]
     _write_csv(d / "results.csv", [r.flat(info.paths) for r in rows], trial_cols)
     ranked = []
     for i, c in enumerate(ranking.configs):

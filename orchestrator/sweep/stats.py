@@ -128,6 +128,10 @@ def param_importance(
     configs = {json.dumps(p, sort_keys=True, default=str) for p, _ in done}
     if len(configs) < 2:
         return Importance({}, "fANOVA", "needs at least 2 finished configurations")
+    if len({float(v) for _, v in done}) < 2:
+        return Importance(
+            {}, "fANOVA", "the metric is the same in every trial: nothing to explain"
+        )
     dists = {}
     for path, label in labels.items():
         d = _distribution([p[path] for p, _ in done], log_axes.get(path, False))

@@ -1,0 +1,199 @@
+"""Pixel throughput: decoded frames/s and image-policy training steps/s from a LeRobot v3 dataset
+with MP4 videos, against the same steps on frames preloaded in memory. Prints JSON.
+
+Goal (issue 15): training from the LeRobot dataset runs at >= 0.8x the preloaded steps/s on 2
+cores: a background thread decodes episodes ahead (``EpisodeFrameCache``), so the training loop
+only waits for episodes the decoder has not reached. Both runs use the same model, seed and
+sampler stream; the LeRobot run is timed from opening the dataset (metadata, Parquet, decoding
+all included), the preloaded run from its first step (decoding excluded).
+
+Usage: .venv/bin/python benchmarks/pixels.py [--episodes 30] [--steps 20] [--s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ambient_core.data import ChunkSpec
+from ambient_core.envs import bin_sorting_pixels as px
+from ambient_core.policy import Normalizer
+from ambient_core.sampler import NoiseFirstSampler
+from ambient_core.schedule import ddpm_sigmas
+from ambient_core.train import TrainConfig, make_state, train_step
+from ambient_core.vision import VisionDiffusionPolicy, VisionPolicySpec
+from ambient_core.vision_data import ArrayFrameSource, ImageChunkDataset
+from ambient_platform.lerobot import LeRobotDataset, write_lerobot
+from ambient_platform.storage import StorageRoot
+
+CAM = px.IMAGE_KEY
+CHUNK = ChunkSpec(horizon=16, n_obs_steps=2, n_action_steps=8)
+
+
+def _policy_spec(args: argparse.Namespace) -> VisionPolicySpec:
+    return VisionPolicySpec(
+        obs_dims={px.PROPRIO_KEY: 3},
+        action_dim=3,
+        horizon=CHUNK.horizon,
+        n_obs_steps=CHUNK.n_obs_steps,
+        n_action_steps=CHUNK.n_action_steps,
+        network_kwargs={"down_dims": [64, 128, 256], "diffusion_step_embed_dim": 64},
+        image_keys=[CAM],
+        image_shape=[3, args.size, args.size],
+        crop_shape=[args.crop, args.crop],
+        backbone_width=args.width,
+    )
+
+
+def _train(data: ImageChunkDataset, args: argparse.Namespace, t_start: float) -> dict[str, Any]:
+    """``args.steps`` optimisation steps; seconds counted from ``t_start``."""
+    torch.manual_seed(0)
+    policy = VisionDiffusionPolicy(_policy_spec(args), Normalizer.fit(data.features))
+    sampler = NoiseFirstSampler(len(data), sigmas=ddpm_sigmas(100), seed=0)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=10, ema_power=None)
+    state = make_state(policy, sampler, cfg)
+    sig = torch.from_numpy(sampler.sigmas).float()
+    policy.train()
+    losses = [float(train_step(state, data, sig)[0]) for _ in range(args.steps)]
+    elapsed = time.perf_counter() - t_start
+    stats = data.cache.stats
+    return {
+        "seconds": round(elapsed, 2),
+        "steps_per_s": round(args.steps / elapsed, 3),
+        "final_loss": round(losses[-1], 4),
+        "decoded_frames": stats.decoded_frames,
+        "decode_s": round(stats.decode_s, 2),
+        "waits": stats.waits,
+        "wait_s": round(stats.wait_s, 2),
+    }
+
+
+def _decode_all(ds: LeRobotDataset) -> tuple[dict[int, np.ndarray], float]:
+    t0 = time.perf_counter()
+    frames = {ep: cams[CAM] for ep, cams in ds.iter_episodes([CAM])}
+    return frames, time.perf_counter() - t0
+
+
+def _moto() -> tuple[Any, str]:
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return server, "s3://bench/pixels"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        server, uri = _moto() if args.s3 else (None, str(Path(tmp) / "pixels"))
+        try:
+            return _run(args, uri)
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    n_corrupt = args.episodes // 3
+    clean, corrupt = px.generate(args.episodes - n_corrupt, n_corrupt, seed=0, size=args.size)
+    render_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    info = write_lerobot(
+        StorageRoot(uri), clean + corrupt, fps=10, tasks="sort", episodes_per_file=20
+    )
+    write_s = time.perf_counter() - t0
+    del clean, corrupt
+
+    ds = LeRobotDataset(uri)
+    frames_by_ep, decode_s = _decode_all(ds)
+    n_frames = sum(len(v) for v in frames_by_ep.values())
+    low = ds.read_frames([px.PROPRIO_KEY, px.ACTION_KEY])
+
+    # preloaded: every frame already in memory, the cache filled before the clock starts
+    pre = ImageChunkDataset(
+        [low], CHUNK, [px.PROPRIO_KEY], [CAM], [ArrayFrameSource({CAM: frames_by_ep})]
+    )
+    pre.cache.wait()
+    _train(pre, argparse.Namespace(**{**vars(args), "steps": 2}), time.perf_counter())  # warm-up
+    preloaded = _train(pre, args, time.perf_counter())
+    del pre, frames_by_ep
+
+    # from LeRobot: open in place, decode in the background while training starts at once
+    t_open = time.perf_counter()
+    ds2 = LeRobotDataset(uri)
+    low2 = ds2.read_frames([px.PROPRIO_KEY, px.ACTION_KEY])
+    streamed = ImageChunkDataset([low2], CHUNK, [px.PROPRIO_KEY], [CAM], [ds2])
+    from_lerobot = _train(streamed, args, t_open)
+    streamed.cache.close()
+    return {
+        "benchmark": "pixels",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "torch_threads": args.threads,
+        "storage": "s3 (moto)" if args.s3 else "local",
+        "dataset": {
+            "episodes": info["total_episodes"],
+            "frames": info["total_frames"],
+            "image": [args.size, args.size, 3],
+            "render_s": round(render_s, 2),
+            "write_s": round(write_s, 2),
+        },
+        "decode": {
+            "frames": n_frames,
+            "seconds": round(decode_s, 2),
+            "frames_per_s": round(n_frames / decode_s, 1),
+        },
+        "model": {
+            "backbone_width": args.width,
+            "crop": args.crop,
+            "batch": args.batch,
+            "images_per_step": args.batch * CHUNK.n_obs_steps,
+        },
+        "preloaded": preloaded,
+        "lerobot": from_lerobot,
+        "ratio": round(from_lerobot["steps_per_s"] / preloaded["steps_per_s"], 3),
+        "goal_ratio": 0.8,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=30)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--crop", type=int, default=84)
+    p.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage channels (64)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--s3", action="store_true", help="put the dataset on a local moto S3 server")
+    p.add_argument("--workdir", default=None)
+    print(json.dumps(run(p.parse_args()), indent=2))
+
+
+if __name__ == "__main__":
+    main()

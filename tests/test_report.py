@@ -1,0 +1,317 @@
+"""The sweep report on real data: a tiny annotation-driven maze sweep (tau x granularity, two
+seeds) whose report numbers are checked against its MLflow child runs, readable MLflow names and
+tags, fast status/best, and the HTML rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "reach_rate"
+TAUS = [0.35, 0.45]
+GRANULARITIES = ["chunk", "dataset"]
+SEEDS = [0, 1]
+#: The tiny-model overrides of the sweep tests: seconds per trial on one CPU.
+TINY = [
+    "policy.down_dims=[16,32]",
+    "policy.step_embed_dim=16",
+    "train.steps=40",
+    "train.batch_size=32",
+    "train.warmup_steps=5",
+    "train.log_every=10",
+    "train.rounds=1",
+    "train.threads=1",
+    "eval.episodes=4",
+    "eval.round_episodes=2",
+    "eval.inference_steps=3",
+    "eval.max_steps=60",
+    "eval.plot=false",
+]
+
+
+def _annotated_maze(d: Path) -> dict[str, str]:
+    """Small maze datasets, a 30-step classifier and its annotation of the corrupt data."""
+    from ambient_core.envs import maze
+    from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
+    from ambient_platform.datasets import write_dataset
+    from ambient_platform.storage import StorageRoot
+    from jobs.annotate import annotate
+    from jobs.train_classifier import run_classifier_training
+
+    clean, corrupt = maze.generate(maze.MazeEnv(), 8, 24, seed=0, clean_method="builtin")
+    write_dataset(StorageRoot(str(d / "clean")), clean, "clean", "maze")
+    write_dataset(StorageRoot(str(d / "corrupt")), corrupt, "corrupt", "maze", shard_episodes=12)
+    clf = ClassifierTrainConfig(
+        clean=[str(d / "clean")],
+        corrupt=[str(d / "corrupt")],
+        out=str(d / "clf"),
+        channels=[8, 16],
+        epochs=1,
+        steps_per_epoch=30,
+        batch_size=32,
+    )
+    res = run_classifier_training(clf, track=False)
+    ann = AnnotateConfig(
+        data=[str(d / "corrupt")],
+        classifier=res["dir"],
+        epochs=[1],
+        out=str(d / "ann"),
+        grid_levels=[0, 3, 10, 20, 30, 45, 60, 80, 99],
+        num_draws=1,
+    )
+    annotate(ann, track=False)
+    return {"clean": str(d / "clean"), "corrupt": str(d / "corrupt"), "ann": str(d / "ann")}
+
+
+def _spec(d: Path, data: dict[str, str]) -> Path:
+    train = d / "train"
+    train.mkdir(exist_ok=True)
+    for f in (ROOT / "sweeps" / "train").glob("*.yaml"):
+        (train / f.name).write_text(f.read_text())
+    annotation = {"path": data["ann"], "epoch": 1, "tau": 0.45, "granularity": "chunk"}
+    body = {
+        "name": "report-test",
+        "base_config": "train/maze_ambient.yaml",
+        "overrides": [
+            f"data.clean.0.path={data['clean']}",
+            f"data.corrupt.0.path={data['corrupt']}",
+            "data.generate=null",
+            "data.corrupt.0.sigma_min=0.0",
+            f"data.corrupt.0.annotation={json.dumps(annotation)}",
+            *TINY,
+        ],
+        "space": {
+            "data.corrupt.0.annotation.tau": {"grid": TAUS},
+            "data.corrupt.0.annotation.granularity": {"grid": GRANULARITIES},
+        },
+        "searcher": {"kind": "grid"},
+        "scheduler": {"kind": "none"},
+        "metric": METRIC,
+        "mode": "max",
+        "seeds": SEEDS,
+        "max_concurrent": 2,
+        "experiment": "report-test",
+    }
+    path = d / "report.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(ray_session: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from orchestrator.sweep import run_sweep
+
+    d = tmp_path_factory.mktemp("report")
+    spec = _spec(d, _annotated_maze(d))
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    storage = str(d / "sweeps")
+    res = run_sweep(spec, tracking_uri=uri, storage_path=storage, verbose=0)
+    return {"res": res, "spec": spec, "uri": uri, "storage": storage, "dir": d}
+
+
+def _children(uri: str, parent: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+    )
+    return list(runs)
+
+
+@pytest.mark.timeout(900)
+def test_report_numbers_match_child_runs(swept: dict[str, Any]) -> None:
+    from scipy import stats
+
+    res = swept["res"]
+    assert res["counts"] == {"finished": len(TAUS) * len(GRANULARITIES) * len(SEEDS)}
+    report = Path(res["report"])
+    data = json.loads((report.parent / "data.json").read_text())
+    kids = _children(swept["uri"], res["parent_run_id"])
+    assert len(kids) == 8
+    by_config: dict[tuple[float, str], list[float]] = {}
+    for k in kids:
+        point = json.loads(k.data.tags["ambient.sweep.point"])
+        key = (
+            point["data.corrupt.0.annotation.tau"],
+            point["data.corrupt.0.annotation.granularity"],
+        )
+        by_config.setdefault(key, []).append(k.data.metrics[f"eval/{METRIC}"])
+    assert len(data["configs"]) == len(by_config) == 4
+    for c in data["configs"]:
+        vals = by_config[
+            (c["data.corrupt.0.annotation.tau"], c["data.corrupt.0.annotation.granularity"])
+        ]
+        n = len(vals)
+        mean = sum(vals) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        assert c["n"] == n == len(SEEDS)
+        assert c["mean"] == pytest.approx(mean)
+        assert c["half_width"] == pytest.approx(half, abs=1e-12)
+        assert c["ci_low"] == pytest.approx(mean - half) and c["ci_high"] == pytest.approx(
+            mean + half
+        )
+        assert sorted(c["seeds"]) == SEEDS
+    # The ranking admits ties: the top config and every one tied with it are marked.
+    assert data["configs"][0]["tied_with_top"] is True
+    assert "verdict:" in res["headline"] and data["verdict"] in res["headline"]
+    ranked = [c["mean"] for c in data["configs"]]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+@pytest.mark.timeout(900)
+def test_report_figures_and_readable_mlflow(swept: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    res = swept["res"]
+    report = Path(res["report"])
+    names = set(json.loads((report.parent / "data.json").read_text())["figures"])
+    assert {
+        f"{METRIC}_vs_tau.png",
+        f"{METRIC}_vs_granularity.png",
+        "tradeoff_success_vs_smoothness.png",
+        "classifier_p_clean_vs_sigma.png",
+        "sigma_min_distribution.png",
+    } <= names
+    for name in names:
+        dpi = Image.open(report.parent / name).info["dpi"]
+        assert min(dpi) >= 150, (name, dpi)
+    html = report.read_text()
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # offline
+    assert html.count("data:image/png;base64,") == len(names)
+    assert 'id="parcoords"' in html and html.count('class="trial"') == 8
+
+    client = MlflowClient(swept["uri"])
+    parent = client.get_run(res["parent_run_id"])
+    assert parent.data.tags["ambient.kind"] == "sweep"
+    assert "report/index.html" in parent.data.tags["mlflow.note.content"]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/index.html" in arts and f"report/{METRIC}_vs_tau.png" in arts
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert "ambient.kind" in exp.tags["mlflow.note.content"]
+    for k in _children(swept["uri"], res["parent_run_id"]):
+        point = json.loads(k.data.tags["ambient.sweep.point"])
+        tau, gran = (
+            point["data.corrupt.0.annotation.tau"],
+            point["data.corrupt.0.annotation.granularity"],
+        )
+        seed = k.data.tags["seed"]
+        assert k.info.run_name == f"tau={tau} granularity={gran} seed={seed}"
+        assert k.data.params["sweep.tau"] == str(tau)
+        assert k.data.params["sweep.granularity"] == gran
+        assert k.data.tags["ambient.kind"] == "trial"
+        m = k.data.metrics
+        assert 0.0 < m["sigma_min/mean"] <= 1.0 and 0.0 <= m["sigma_min/eligible_share"] <= 1.0
+        assert m["sigma_min/p10"] <= m["sigma_min/p50"] <= m["sigma_min/p90"]
+        assert len(client.get_metric_history(k.info.run_id, f"eval/{METRIC}")) == 1
+
+
+def _cli(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    return time.perf_counter() - t0, out
+
+
+@pytest.mark.timeout(900)
+def test_status_best_report_without_name(swept: dict[str, Any]) -> None:
+    spec, storage = str(swept["spec"]), swept["storage"]
+    wall, out = _cli("sweep", "status", spec, "--storage-path", storage)
+    assert out.returncode == 0, out.stderr
+    assert "FINISHED" in out.stdout and "8 of 8 trials done" in out.stdout
+    assert wall < 4.0, f"sweep status took {wall:.1f} s"  # < 2 s on an idle machine
+    wall, out = _cli("sweep", "best", spec, "--storage-path", storage)
+    assert out.returncode == 0, out.stderr
+    assert "verdict:" in out.stdout and "annotation:" in out.stdout
+    assert wall < 4.0, f"sweep best took {wall:.1f} s"
+    runner = CliRunner()
+    res = runner.invoke(main, ["sweep", "status", "nope", "--storage-path", storage])
+    assert res.exit_code == 2 and "no sweep named 'nope'" in res.output
+    res = runner.invoke(main, ["sweep", "run", spec, "--storage-path", storage])
+    assert res.exit_code == 2 and f"ambient sweep resume {spec}`" in res.output
+    res = runner.invoke(main, ["sweep", "resume", spec, "--storage-path", storage, "--name", "k3"])
+    assert res.exit_code == 2 and f"ambient sweep run {spec} --name k3" in res.output
+    # A newer sweep of the same spec (as the demo's demo-<timestamp> names): found without
+    # --name; `run --name k2` on it says how to resume it.
+    state = json.loads((Path(storage) / "report-test" / "ambient_sweep.json").read_text())
+    (Path(storage) / "k2").mkdir()
+    state.update(name="k2", created=state["created"] + 1)
+    (Path(storage) / "k2" / "ambient_sweep.json").write_text(json.dumps(state))
+    try:
+        res = runner.invoke(main, ["sweep", "status", spec, "--storage-path", storage])
+        assert res.exit_code == 0 and res.output.startswith("sweep k2"), res.output
+        res = runner.invoke(
+            main, ["sweep", "run", spec, "--storage-path", storage, "--name", "k2"]
+        )
+        assert res.exit_code == 2 and f"ambient sweep resume {spec} --name k2" in res.output
+    finally:
+        shutil.rmtree(Path(storage) / "k2")
+    out_dir = swept["dir"] / "rebuilt"
+    res = runner.invoke(
+        main, ["sweep", "report", "report-test", "--storage-path", storage, "--out", str(out_dir)]
+    )
+    assert res.exit_code == 0, res.output
+    again = json.loads((out_dir / "data.json").read_text())
+    first = json.loads((Path(swept["res"]["report"]).parent / "data.json").read_text())
+    assert again["configs"] == first["configs"]
+
+
+@pytest.mark.timeout(300)
+def test_report_renders_in_headless_chromium(swept: dict[str, Any], tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    report = Path(swept["res"]["report"])
+    flags = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    ).stdout
+    m = re.search(r'data-figures="(\d+)/(\d+)"', dom)
+    assert m, "the page's load check did not run"
+    assert m.group(1) == m.group(2) and int(m.group(2)) >= 5  # every figure decoded
+    assert int(re.search(r'data-parcoords="(\d+)"', dom).group(1)) == 8  # type: ignore[union-attr]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1200,3000", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert shot.stat().st_size > 50_000
