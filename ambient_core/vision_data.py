@@ -184,7 +184,8 @@ class ImageChunkDataset(ChunkDataset):
 
     ``frames[i]`` and ``sources[i]`` describe the same dataset; the cache decodes its episodes
     in ``frames[i].episode_index`` order. ``batch`` adds each image key as (B, T_o, H, W, C)
-    uint8 and ``torch_batch`` as (B, T_o, C, H, W) uint8 (the encoder scales it).
+    uint8 and ``torch_batch`` as (B, T_o, C, H, W) uint8 (the encoder scales it). Call
+    ``start()`` to decode ahead in the background; without it episodes decode on first use.
     """
 
     def __init__(
@@ -196,7 +197,6 @@ class ImageChunkDataset(ChunkDataset):
         sources: Sequence[FrameSource],
         action_key: str = "action",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        prefetch: bool = True,
         image_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__(frames, spec, obs_keys, action_key)
@@ -219,8 +219,11 @@ class ImageChunkDataset(ChunkDataset):
         self.cache = EpisodeFrameCache(
             sources, [f.episode_index.tolist() for f in frames], self.image_keys, cache_bytes
         )
-        if prefetch:
-            self.cache.start()
+
+    def start(self) -> ImageChunkDataset:
+        """Launch the background decoder; returns self."""
+        self.cache.start()
+        return self
 
     def _rows(self, ids: np.ndarray, length: int) -> np.ndarray:
         idx = self.chunk_start[ids, None] + np.arange(length)[None, :]

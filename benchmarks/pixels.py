@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     # preloaded: every frame already in memory, the cache filled before the clock starts
     pre = ImageChunkDataset(
         [low], CHUNK, [px.PROPRIO_KEY], [CAM], [ArrayFrameSource({CAM: frames_by_ep})]
-    )
+    ).start()
     pre.cache.wait()
     _train(pre, argparse.Namespace(**{**vars(args), "steps": 2}), time.perf_counter())  # warm-up
     preloaded = _train(pre, args, time.perf_counter())
@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     t_open = time.perf_counter()
     ds2 = LeRobotDataset(uri)
     low2 = ds2.read_frames([px.PROPRIO_KEY, px.ACTION_KEY])
-    streamed = ImageChunkDataset([low2], CHUNK, [px.PROPRIO_KEY], [CAM], [ds2])
+    streamed = ImageChunkDataset([low2], CHUNK, [px.PROPRIO_KEY], [CAM], [ds2]).start()
     from_lerobot = _train(streamed, args, t_open)
     streamed.cache.close()
     return {

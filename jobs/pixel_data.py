@@ -45,7 +45,8 @@ def image_chunk_dataset(
     Every dataset must be LeRobot v3 with the task's cameras at one common image shape.
     """
     cams = image_keys(task)
-    sources, shapes = [], {}
+    sources: list[LeRobotDataset] = []
+    shapes: dict[tuple[int, int, int], str] = {}
     for f, uri in zip(frames, uris, strict=True):
         ds = LeRobotDataset(StorageRoot(uri), f.name)
         missing = [k for k in cams if k not in ds.video_keys]
@@ -67,9 +68,8 @@ def image_chunk_dataset(
         cams,
         sources,
         cache_bytes=cache_bytes,
-        prefetch=True,
         image_shape=next(iter(shapes)),
-    )
+    ).start()
 
 
 def vision_spec(base: dict[str, Any], vision: Any, data: ImageChunkDataset) -> VisionPolicySpec:

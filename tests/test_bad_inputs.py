@@ -66,7 +66,7 @@ class World:
                 "clean": [{"path": str(self.clean), "name": "gcs"}],
                 "corrupt": [{"path": str(corrupt or self.corrupt), "name": "rrt"}],
             },
-            "policy": {"horizon": 8, "down_dims": [8, 16], "step_embed_dim": 8},
+            "policy": {"horizon": 16, "down_dims": [8, 16], "step_embed_dim": 8},
             "train": {"steps": 1, "batch_size": 4, "warmup_steps": 0, "log_every": 1},
             "eval": {"episodes": 1, "round_episodes": 1, "plot": False, "max_steps": 5},
         }
@@ -351,7 +351,7 @@ DATASET_ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     (
         "wrong dtype: strings",
         lambda d: _rewrite_shard(d, _strings),
-        "column 'action' is list<item: string>, expected a list of floats",
+        "expected a list of floats",
     ),
     (
         "wrong dtype: float episode_index",
@@ -369,6 +369,16 @@ DATASET_ROWS: list[tuple[str, Callable[[Path], None], str]] = [
         "the file changed after the dataset was written",
     ),
 ]
+
+
+def test_the_unbroken_inputs_are_valid(world: World) -> None:
+    """Each row breaks one thing; everything else it passes must be fine."""
+    from ambient_platform.config import load_run_config
+    from ambient_platform.datasets import read_frames
+
+    load_run_config(world.train_config())
+    for ds in (world.clean, world.corrupt):
+        read_frames(StorageRoot(str(ds)), ["observation.state", "action"])
 
 
 @pytest.mark.parametrize(
@@ -392,3 +402,523 @@ def test_dataset_layout_and_shards(
     assert_user_error(res, fragment)
     if "meta.json" not in fragment and "JSON" not in fragment:
         assert "rrt" in res.stderr or str(bad) in res.stderr  # the dataset is named
+
+
+# ------------------------------------------------------------------- sweep spec, watch file
+
+
+def _sweep(w: World, text: str) -> list[str]:
+    return ["sweep", "validate", str(_write(w, "sweep.yaml", text))]
+
+
+_SWEEP_BASE = f"base_config: {ROOT / 'sweeps' / 'train' / 'maze_ambient.yaml'}\n"
+_SWEEP_OK = f"name: s\n{_SWEEP_BASE}"
+_SWEEP_SPACE = "space:\n  train.lr: {grid: [0.001, 0.01]}\n"
+
+
+def _watch(w: World, text: str) -> list[str]:
+    return ["watch", "--config", str(_write(w, "watch.yaml", text)), "--once", "--no-track"]
+
+
+def _watch_ok(w: World) -> str:
+    return f"name: w\nsources: [{w.corrupt}]\nclassifier: {w.tmp / 'clf'}\nepochs: [1]\n"
+
+
+SPEC_ROWS: list[Row] = [
+    (
+        "sweep: missing file",
+        lambda w: ["sweep", "validate", str(w.tmp / "nope.yaml")],
+        "nope.yaml",
+    ),
+    ("sweep: unknown key", lambda w: _sweep(w, _SWEEP_OK + _SWEEP_SPACE + "spaec: {}\n"), "spaec"),
+    (
+        "sweep: missing base_config file",
+        lambda w: _sweep(w, "name: s\nbase_config: nowhere.yaml\n" + _SWEEP_SPACE),
+        "nowhere.yaml",
+    ),
+    (
+        "sweep: empty grid",
+        lambda w: _sweep(w, _SWEEP_OK + "space:\n  train.lr: {grid: []}\n"),
+        "train.lr",
+    ),
+    (
+        "sweep: non-finite grid value",
+        lambda w: _sweep(w, _SWEEP_OK + "space:\n  train.lr: {grid: [.inf]}\n"),
+        "train.lr",
+    ),
+    (
+        "sweep: unknown parameter path",
+        lambda w: _sweep(w, _SWEEP_OK + "space:\n  train.nope: {grid: [1, 2]}\n"),
+        "train.nope",
+    ),
+    ("sweep: empty seeds", lambda w: _sweep(w, _SWEEP_OK + _SWEEP_SPACE + "seeds: []\n"), "seeds"),
+    (
+        "sweep: bad name",
+        lambda w: _sweep(w, _SWEEP_OK.replace("name: s", "name: ../x") + _SWEEP_SPACE),
+        "../x",
+    ),
+    ("watch: unknown key", lambda w: _watch(w, _watch_ok(w) + "sorces: []\n"), "sorces"),
+    (
+        "watch: empty sources",
+        lambda w: _watch(w, _watch_ok(w).replace(f"[{w.corrupt}]", "[]")),
+        "sources",
+    ),
+    ("watch: empty epochs", lambda w: _watch(w, _watch_ok(w).replace("[1]", "[]")), "epochs"),
+    (
+        "watch: bad cron",
+        lambda w: _watch(w, _watch_ok(w) + "schedule: {cron: '61 * * * *'}\n"),
+        "cron",
+    ),
+    (
+        "watch: non-finite lease_ttl_s",
+        lambda w: _watch(w, _watch_ok(w) + "lease_ttl_s: .inf\n"),
+        "lease_ttl_s",
+    ),
+    (
+        "watch: missing file",
+        lambda w: _watch(w, "")[:2] + [str(w.tmp / "no.yaml"), "--once"],
+        "no.yaml",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "fragment"), SPEC_ROWS, ids=[r[0] for r in SPEC_ROWS])
+def test_sweep_spec_and_watch_file(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+# ------------------------------------------------------------ annotation refs, classifiers
+
+
+def _annotated(w: World, **ann: Any) -> list[str]:
+    ref = {"path": str(w.tmp / "annotations" / "none"), "epoch": 1, **ann}
+    cfg = w.train_config()
+    data = yaml.safe_load(cfg.read_text())
+    data["data"]["corrupt"][0]["annotation"] = ref
+    cfg.write_text(yaml.safe_dump(data))
+    return ["train", "--config", str(cfg), "--no-track"]
+
+
+def _annotate(w: World, classifier: Path, epoch: int = 1) -> list[str]:
+    return [
+        "annotate",
+        "--data",
+        str(w.corrupt),
+        "--classifier",
+        str(classifier),
+        "--epoch",
+        str(epoch),
+        "--out",
+        str(w.tmp / "ann"),
+    ]
+
+
+def _classifier_without_epoch(w: World) -> Path:
+    clf = w.tmp / "clf"
+    (clf / "epoch_1").mkdir(parents=True)
+    (clf / "epoch_1" / "classifier.pt").write_bytes(b"not a checkpoint")
+    return clf
+
+
+ANNOTATION_ROWS: list[Row] = [
+    ("annotation: no manifest", lambda w: _annotated(w), "no committed annotation manifest"),
+    ("annotation: version 0", lambda w: _annotated(w, version=0), "version"),
+    ("annotation: missing version", lambda w: _annotated(w, version=7), "has no version 7"),
+    ("annotation: tau out of range", lambda w: _annotated(w, tau=1.5), "tau"),
+    (
+        "annotation: bucket without n_buckets",
+        lambda w: _annotated(w, granularity="bucket"),
+        "n_buckets",
+    ),
+    ("classifier: missing directory", lambda w: _annotate(w, w.tmp / "noclf"), "noclf"),
+    (
+        "classifier: missing epoch",
+        lambda w: _annotate(w, _classifier_without_epoch(w), epoch=5),
+        "epoch",
+    ),
+    (
+        "classifier: unreadable epoch checkpoint",
+        lambda w: _annotate(w, _classifier_without_epoch(w), epoch=1),
+        "epoch_1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "fragment"), ANNOTATION_ROWS, ids=[r[0] for r in ANNOTATION_ROWS]
+)
+def test_annotation_refs_and_classifier_dirs(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+# ------------------------------------------------------------------------------ importers
+
+
+def _lerobot(
+    w: World, files: dict[str, pa.Table] | None = None, info: dict[str, Any] | None = None
+) -> Path:
+    root = w.tmp / "lerobot"
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    rows = 4
+    table = pa.table(
+        {
+            "observation.state": pa.array([[0.0, 1.0]] * rows, pa.list_(pa.float32())),
+            "action": pa.array([[0.5, 0.5]] * rows, pa.list_(pa.float32())),
+            "episode_index": pa.array([0] * rows, pa.int64()),
+            "frame_index": pa.array(list(range(rows)), pa.int64()),
+        }
+    )
+    for name, t in (files or {"episode_000000.parquet": table}).items():
+        (root / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, root / "data" / "chunk-000" / name)
+    base = {"codebase_version": "v2.1", "fps": 10, **(info or {})}
+    (root / "meta" / "info.json").write_text(json.dumps(base))
+    return root
+
+
+def _lerobot_table(**change: Any) -> pa.Table:
+    rows = 4
+    cols: dict[str, Any] = {
+        "observation.state": pa.array([[0.0, 1.0]] * rows, pa.list_(pa.float32())),
+        "action": pa.array([[0.5, 0.5]] * rows, pa.list_(pa.float32())),
+        "episode_index": pa.array([0] * rows, pa.int64()),
+        "frame_index": pa.array(list(range(rows)), pa.int64()),
+    }
+    cols.update(change)
+    return pa.table({k: v for k, v in cols.items() if v is not None})
+
+
+def _import(w: World, fmt: str, src: Path, *more: str) -> list[str]:
+    return ["data", "import", fmt, str(src), "--out", str(w.tmp / "imported"), *more]
+
+
+def _truncated(w: World) -> Path:
+    root = _lerobot(w)
+    f = root / "data" / "chunk-000" / "episode_000000.parquet"
+    f.write_bytes(f.read_bytes()[:-30])
+    return root
+
+
+IMPORT_ROWS: list[Row] = [
+    ("lerobot: no info.json", lambda w: _import(w, "lerobot", w.tmp), "info.json not found"),
+    (
+        "lerobot: unsupported version",
+        lambda w: _import(w, "lerobot", _lerobot(w, info={"codebase_version": "v1.6"})),
+        "unsupported codebase_version",
+    ),
+    (
+        "lerobot: mapped column missing",
+        lambda w: _import(w, "lerobot", _lerobot(w), "--map", "observation.goal=goal"),
+        "missing column 'goal'",
+    ),
+    (
+        "lerobot: NaN value",
+        lambda w: _import(
+            w,
+            "lerobot",
+            _lerobot(
+                w,
+                {
+                    "episode_000000.parquet": _lerobot_table(
+                        action=pa.array([[0.0, float("nan")]] * 4)
+                    )
+                },
+            ),
+        ),
+        "NaN/inf values",
+    ),
+    (
+        "lerobot: string column",
+        lambda w: _import(
+            w,
+            "lerobot",
+            _lerobot(w, {"episode_000000.parquet": _lerobot_table(action=pa.array([["a"]] * 4))}),
+        ),
+        "not numeric",
+    ),
+    (
+        "lerobot: truncated file",
+        lambda w: _import(w, "lerobot", _truncated(w)),
+        "not a readable Parquet file",
+    ),
+    (
+        "lerobot: duplicate episode in two files",
+        lambda w: _import(
+            w,
+            "lerobot",
+            _lerobot(
+                w,
+                {
+                    "episode_000000.parquet": _lerobot_table(),
+                    "episode_000001.parquet": _lerobot_table(),
+                },
+            ),
+        ),
+        "episode 0 is also in",
+    ),
+    (
+        "lerobot: totals disagree (incomplete download)",
+        lambda w: _import(w, "lerobot", _lerobot(w, info={"total_episodes": 3})),
+        "total_episodes=3",
+    ),
+    (
+        "lerobot: data_path escapes the dataset",
+        lambda w: _import(
+            w, "lerobot", _lerobot(w, info={"data_path": "../x/{episode_index}.parquet"})
+        ),
+        "must stay inside the dataset",
+    ),
+    ("zarr: not a zarr store", lambda w: _import(w, "zarr", w.tmp), "not a zarr"),
+    (
+        "import: --map without '='",
+        lambda w: _import(w, "lerobot", _lerobot(w), "--map", "nope"),
+        "OURS=THEIRS",
+    ),
+    (
+        "import: reserved feature name",
+        lambda w: _import(w, "lerobot", _lerobot(w), "--map", "episode_index=action"),
+        "reserved",
+    ),
+    (
+        "import: bad --source name",
+        lambda w: _import(w, "lerobot", _lerobot(w), "--source", "../up"),
+        "../up",
+    ),
+    (
+        "import: output exists",
+        lambda w: _import(w, "lerobot", _lerobot(w), "--out", str(w.corrupt)),
+        "already exists",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "fragment"), IMPORT_ROWS, ids=[r[0] for r in IMPORT_ROWS]
+)
+def test_import_inputs(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+# --------------------------------------------------------- CLI flags, S3, credentials
+
+
+def _submit(w: World, *more: str, address: str | None = None) -> list[str]:
+    return ["submit", "--address", address or f"http://127.0.0.1:{_free_port()}", *more]
+
+
+FLAG_ROWS: list[Row] = [
+    (
+        "eval: checkpoint dir without a checkpoint",
+        lambda w: ["eval", "--checkpoint", str(w.tmp), "--no-track"],
+        "checkpoint",
+    ),
+    (
+        "submit: address is not a URL",
+        lambda w: _submit(w, "--", "demo", address="127.0.0.1:8265"),
+        "give the dashboard URL",
+    ),
+    (
+        "submit: cluster unreachable",
+        lambda w: _submit(w, "--no-wait", "--", "demo"),
+        "cannot reach the Ray Jobs API",
+    ),
+    (
+        "submit: command not for a cluster",
+        lambda w: _submit(w, "--", "ui"),
+        "not a job to run on a cluster",
+    ),
+    (
+        "submit: --env without '='",
+        lambda w: _submit(w, "--env", "NOEQUALS", "--", "demo"),
+        "KEY=VALUE",
+    ),
+    (
+        "submit: credential in --env",
+        lambda w: _submit(w, "--env", "AWS_SECRET_ACCESS_KEY=abc", "--", "demo"),
+        "credentials are not forwarded",
+    ),
+    (
+        "submit: password in a forwarded URI",
+        lambda w: _submit(w, "--tracking-uri", "postgresql://u:pw@db/mlflow", "--", "demo"),
+        "embeds a password",
+    ),
+    (
+        "job status: address is not a URL",
+        lambda w: ["job", "status", "--address", "nohttp", "x"],
+        "give the dashboard URL",
+    ),
+    (
+        "job logs: cluster unreachable",
+        lambda w: ["job", "logs", "--address", f"http://127.0.0.1:{_free_port()}", "x"],
+        "cannot reach",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "fragment"), FLAG_ROWS, ids=[r[0] for r in FLAG_ROWS])
+def test_cli_flags(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+USAGE_ROWS: list[tuple[str, list[str], str]] = [
+    ("generate: --clean 0", ["data", "generate", "maze", "--clean", "0", "--out", "x"], "--clean"),
+    ("generate: unknown task", ["data", "generate", "nope", "--out", "x"], "nope"),
+    ("ui: port out of range", ["ui", "--port", "70000"], "--port"),
+    ("train: unknown flag", ["train", "--config", "x.yaml", "--stepz", "3"], "--stepz"),
+    ("no such command", ["trian"], "trian"),
+    (
+        "import: path does not exist",
+        ["data", "import", "zarr", "/no/such.zarr", "--out", "x"],
+        "/no/such.zarr",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "fragment"), USAGE_ROWS, ids=[r[0] for r in USAGE_ROWS])
+def test_usage_errors_stay_clicks(name: str, argv: list[str], fragment: str) -> None:
+    assert_usage_error(invoke(argv), fragment)
+
+
+def test_ui_port_in_use() -> None:
+    for port in _busy_port():
+        assert_user_error(
+            invoke(["ui", "--port", str(port)]), f"port {port} on 127.0.0.1 is in use"
+        )
+
+
+S3_ROWS: list[Row] = [
+    (
+        "s3: no bucket in the URI",
+        lambda w: ["data", "generate", "maze", "--clean", "1", "--corrupt", "0", "--out", "s3://"],
+        "s3://",
+    ),
+    (
+        "s3: invalid bucket name",
+        lambda w: [
+            "data",
+            "generate",
+            "maze",
+            "--clean",
+            "1",
+            "--corrupt",
+            "0",
+            "--out",
+            "s3://Bad_Bucket/x",
+        ],
+        "Bad_Bucket",
+    ),
+    (
+        "s3: credentials in the URI",
+        lambda w: [
+            "data",
+            "generate",
+            "maze",
+            "--clean",
+            "1",
+            "--corrupt",
+            "0",
+            "--out",
+            "s3://key:secret@bucket/x",
+        ],
+        "credentials",
+    ),
+    (
+        "s3: bucket does not exist (write)",
+        lambda w: [
+            "data",
+            "generate",
+            "maze",
+            "--clean",
+            "1",
+            "--corrupt",
+            "0",
+            "--out",
+            "s3://no-such-bucket-w/x",
+        ],
+        "no-such-bucket-w",
+    ),
+    (
+        "s3: bucket does not exist (read)",
+        lambda w: w.train(corrupt="s3://no-such-bucket-r/data/rrt"),
+        "no-such-bucket-r",
+    ),
+    (
+        "s3: dataset prefix is empty",
+        lambda w: w.train(corrupt=f"s3://{_bucket(w)}/nothing/here"),
+        "meta.json is missing",
+    ),
+]
+
+
+def _bucket(w: World) -> str:
+    import boto3
+
+    boto3.client("s3", endpoint_url=w.s3).create_bucket(Bucket="bad-inputs")
+    return "bad-inputs"
+
+
+@pytest.mark.parametrize(("name", "argv", "fragment"), S3_ROWS, ids=[r[0] for r in S3_ROWS])
+def test_s3_uris(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+# ----------------------------------------------------------------- the real process
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AMBIENT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_real_process_prints_one_line(world: World) -> None:
+    """What a terminal shows: one line on stderr, exit 2 (the light import path keeps it quick)."""
+    res = _run(["data", "import", "zarr", str(world.tmp), "--out", str(world.tmp / "o")])
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "not a zarr" in errors[0], res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("how", ["--debug", "AMBIENT_DEBUG=1"])
+def test_debug_adds_the_traceback(world: World, how: str) -> None:
+    bad = world.copy_corrupt()
+    (bad / "meta.json").unlink()
+    args = world.train(corrupt=bad)
+    if how == "--debug":
+        res = invoke(["--debug", *args])
+    else:
+        res = invoke(args, env={"AMBIENT_DEBUG": "1"})
+    assert res.exit_code == 2 and "Traceback" in res.stderr
+    assert res.stderr.rstrip().splitlines()[-1].startswith("error: ")
+    assert "meta.json is missing" in res.stderr.rstrip().splitlines()[-1]
+
+
+def test_real_process_keeps_tracebacks_for_bugs(tmp_path: Path) -> None:
+    """Anything that is not an AmbientError is a bug: traceback, exit 1."""
+    script = (
+        "import sys\n"
+        "from orchestrator.cli import main\n"
+        "@main.command('boom')\n"
+        "def boom() -> None:\n"
+        "    raise KeyError('a bug')\n"
+        "main(['boom'])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert res.returncode == 1 and "Traceback" in res.stderr and "KeyError: 'a bug'" in res.stderr

@@ -201,7 +201,7 @@ def test_image_chunk_dataset_streams_frames_from_lerobot(
     ds = LeRobotDataset(uri)
     frames = ds.read_frames([px.PROPRIO_KEY, px.ACTION_KEY])
     spec = ChunkSpec(horizon=8, n_obs_steps=2, n_action_steps=4)
-    data = ImageChunkDataset([frames], spec, [px.PROPRIO_KEY], [CAM], [ds], prefetch=False)
+    data = ImageChunkDataset([frames], spec, [px.PROPRIO_KEY], [CAM], [ds])
     ids = np.array([0, 5, len(data) - 1, 40])
     obs, act = data.batch(ids)  # no prefetch: every episode is decoded on demand (waits)
     assert obs[CAM].shape == (4, 2, SIZE, SIZE, 3) and act.shape == (4, 8, 3)
@@ -215,16 +215,14 @@ def test_image_chunk_dataset_streams_frames_from_lerobot(
     first_row = int(data.chunk_start[ids[2]] - frames.episode_bounds[4, 0])
     np.testing.assert_array_equal(obs[CAM][2], last[first_row : first_row + 2])
 
-    data2 = ImageChunkDataset([frames], spec, [px.PROPRIO_KEY], [CAM], [ds])
+    data2 = ImageChunkDataset([frames], spec, [px.PROPRIO_KEY], [CAM], [ds]).start()
     data2.cache.wait()  # background decoder finished: everything is in memory
     assert data2.cache.stats.decoded_episodes == 5 and data2.cache.stats.waits == 0
     obs2, _ = data2.batch(ids)
     np.testing.assert_array_equal(obs2[CAM], obs[CAM])
     assert data2.cache.stats.waits == 0
 
-    small = ImageChunkDataset(
-        [frames], spec, [px.PROPRIO_KEY], [CAM], [ds], cache_bytes=1, prefetch=False
-    )
+    small = ImageChunkDataset([frames], spec, [px.PROPRIO_KEY], [CAM], [ds], cache_bytes=1)
     obs3, _ = small.batch(ids)  # budget of one episode: evicts and re-decodes, same frames
     np.testing.assert_array_equal(obs3[CAM], obs[CAM])
     assert small.cache.stats.evictions >= 1 and len(small.cache.items) == 1
@@ -247,7 +245,7 @@ def test_image_policy_trains_on_lerobot_from_s3_and_plays_from_pixels(
     ds = LeRobotDataset(uri)
     spec_c = ChunkSpec(horizon=8, n_obs_steps=2, n_action_steps=4)
     frames = ds.read_frames([px.PROPRIO_KEY, px.ACTION_KEY])
-    data = ImageChunkDataset([frames], spec_c, [px.PROPRIO_KEY], [CAM], [ds])
+    data = ImageChunkDataset([frames], spec_c, [px.PROPRIO_KEY], [CAM], [ds]).start()
     spec = VisionPolicySpec(
         obs_dims={px.PROPRIO_KEY: 3},
         action_dim=3,

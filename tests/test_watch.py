@@ -66,10 +66,12 @@ def test_cron_step_in_a_day_field_is_cron_semantics() -> None:
     """``*/2`` starts with ``*``, so (as in Debian/Vixie cron) day-of-month and day-of-week must
     both match. The hand-written parser treated it as a restriction and OR-ed the fields: it
     fired every Monday and every odd day of the month."""
-    sat = dt.datetime(2026, 11, 21, 10, 7, 30)
-    # odd days of the month that are Mondays: Nov 23 is a Monday but even; Dec 7 is odd.
-    assert cron_next_after("0 0 */2 * 1", sat) == dt.datetime(2026, 12, 7, 0, 0)
-    assert cron_next_after("0 0 */2 * *", sat) == dt.datetime(2026, 11, 23, 0, 0)
+    mon = dt.datetime(2026, 11, 23, 0, 0)  # a Monday, the 23rd (odd)
+    # Odd days that are Mondays: the next one is Dec 7 (the old parser said Nov 25, odd).
+    assert cron_next_after("0 0 */2 * 1", mon) == dt.datetime(2026, 12, 7, 0, 0)
+    assert cron_next_after("0 0 */2 * *", mon) == dt.datetime(2026, 11, 25, 0, 0)
+    # Neither day field starts with '*': either may match, so Thursday the 26th comes first.
+    assert cron_next_after("0 0 26 * 1", mon) == dt.datetime(2026, 11, 26, 0, 0)
 
 
 @pytest.mark.parametrize(

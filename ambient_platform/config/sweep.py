@@ -203,11 +203,6 @@ class Sweep:
     def paths(self) -> list[str]:
         return list(self.spec.space)
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """What every trial reports: its task's evaluation metrics, then ``train_loss``."""
-        return (*get_task(self.task).metrics, *EXTRA_METRICS)
-
     def trial_dict(self, params: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
         data = copy.deepcopy(self.base)
         for path, value in params.items():

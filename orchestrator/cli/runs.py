@@ -130,7 +130,8 @@ def ui(port: int, tracking_uri: str | None) -> None:
         raise ServiceError(f"port {port} on 127.0.0.1 is in use; pick another with --port")
     uri = resolve_tracking_uri(tracking_uri)
     click.echo(f"MLflow UI for {uri}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    # One worker: a UI for one person needs no pool, and each worker is a Python process.
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--workers", "1"]
     code = run_in_own_group([*cmd, "--host", "127.0.0.1", "--port", str(port)])
     if code:
         raise ServiceError(f"the MLflow UI server exited with status {code}")

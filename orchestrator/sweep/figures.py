@@ -158,7 +158,7 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
         if axis.numeric and len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
         ax.plot([], [], "o", color=color, label=label)
-    _style_param_axis(ax, axis, info.labels.get(path, path), path)
+    _style_param_axis(ax, axis, info.labels.get(path, path), path, xs_all)
     better = "lower is better" if info.mode == "min" else "higher is better"
     ax.set_ylabel(f"{info.metric} ({better})")
     n_text = f"mean of n = {ns.pop()} seeds" if same_n and ns else "mean over seeds (n shown)"
@@ -180,9 +180,17 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     return _save(fig, out)
 
 
-def _style_param_axis(ax: Any, axis: Axis, label: str, path: str) -> None:
+def _style_param_axis(
+    ax: Any, axis: Axis, label: str, path: str, values: Sequence[float] = ()
+) -> None:
+    from matplotlib.ticker import NullFormatter
+
     if axis.numeric and axis.log:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if axis.numeric and 0 < len(set(values)) <= 8:  # tick exactly the swept values
+        ticks = sorted(set(values))
+        ax.set_xticks(ticks, [format_value(v) for v in ticks])
     if not axis.numeric:
         ax.set_xticks(range(len(axis.categories)), axis.categories)
         ax.set_xlim(-0.6, len(axis.categories) - 0.4)
@@ -218,9 +226,9 @@ def tradeoff(results: Results, out: Path) -> Path | None:
     fig = _figure(5.2 * len(costs) + 0.6, 4.6)
     for k, cost in enumerate(costs):
         ax = fig.add_subplot(1, len(costs), k + 1)
-        _tradeoff_panel(ax, results.configs, cost, gain)
+        _tradeoff_panel(ax, results.ranking.configs, cost, gain)
     fig.suptitle(
-        f"{gain} vs smoothness (mean over seeds, bars: 95% interval; ringed: Pareto front)",
+        f"{gain} vs smoothness per configuration (mean over seeds, bars: 95% t-interval)",
         fontsize=10,
     )
     return _save(fig, out)
@@ -232,34 +240,48 @@ def _both(c: ConfigStats, cost: str, gain: str) -> bool:
 
 
 def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: str) -> None:
+    """``configs`` in rank order: points are labelled with their rank in the report's table."""
+    rank = {id(c): i + 1 for i, c in enumerate(configs)}
     pts = [(c, c.metrics[cost], c.metrics[gain]) for c in configs if _both(c, cost, gain)]
     front = pareto_front([(ci.mean or 0.0, gi.mean or 0.0) for _, ci, gi in pts])
-    for j, ((c, ci, gi), on) in enumerate(zip(pts, front, strict=True)):
+    label_all = len(pts) <= 6
+    for (c, ci, gi), on in zip(pts, front, strict=True):
+        color = "#d62728" if on else "#8c99a6"
         ax.errorbar(
             [ci.mean],
             [gi.mean],
             xerr=None if ci.half_width is None else [[ci.half_width], [ci.half_width]],
             yerr=None if gi.half_width is None else [[gi.half_width], [gi.half_width]],
             fmt="o",
-            color=_color(j),
-            ms=7,
-            capsize=3,
-            lw=1.2,
-            label=c.label,
-            zorder=3,
+            color=color,
+            ecolor=color,
+            elinewidth=1,
+            alpha=0.9 if on else 0.55,
+            ms=7 if on else 5,
+            capsize=2,
+            zorder=3 if on else 2,
         )
-        if on:
-            ax.scatter([ci.mean], [gi.mean], s=220, facecolors="none", edgecolors="black", lw=1.2)
+        if on or label_all:
+            ax.annotate(
+                f"#{rank[id(c)]}",
+                (ci.mean, gi.mean),
+                xytext=(5, 4),
+                textcoords="offset points",
+                fontsize=8,
+                color="#b11f20" if on else "#555555",
+                zorder=4,
+            )
     line = sorted(
         (ci.mean or 0.0, gi.mean or 0.0) for (_, ci, gi), on in zip(pts, front, strict=True) if on
     )
     if len(line) > 1:
-        ax.step(*zip(*line, strict=True), where="post", color="black", lw=1, ls="--", zorder=1)
+        ax.plot(*zip(*line, strict=True), color="#d62728", lw=1.2, ls="--", zorder=1)
+    ax.plot([], [], "o", color="#d62728", label="Pareto front (joined)")
+    ax.plot([], [], "o", color="#8c99a6", label="dominated")
     ax.set_xlabel(f"{cost} (lower is smoother)")
     ax.set_ylabel(f"{gain} (higher is better)")
     ax.grid(alpha=0.3)
-    if len(pts) <= 12:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,10 +37,9 @@ def _numeric_dim(name: str, key: str, vals: dict[str, float], log: bool) -> _Dim
     lo, hi = min(f(v) for v in vals.values()), max(f(v) for v in vals.values())
     span = (hi - lo) or 1.0
     pos = {k: (f(v) - lo) / span if hi > lo else 0.5 for k, v in vals.items()}
-    raw = sorted(vals.values())
-    ticks = [(pos_of, format_value(v)) for v, pos_of in ((raw[0], 0.0), (raw[-1], 1.0))]
-    if hi == lo:
-        ticks = [(0.5, format_value(raw[0]))]
+    distinct = sorted(set(vals.values()))
+    shown = distinct if len(distinct) <= 8 else [distinct[0], distinct[-1]]
+    ticks = [((f(v) - lo) / span if hi > lo else 0.5, format_value(v)) for v in shown]
     return _Dim(name, key, pos, ticks)
 
 

@@ -178,8 +178,9 @@ def _all_figures(results: Results, d: Path, notes: list[str]) -> tuple[list[Figu
             Figure(
                 "Task success vs smoothness",
                 f,
-                "Configurations on the Pareto front (ringed) are not beaten on both task "
-                "success and smoothness by any other configuration.",
+                "Red: the Pareto front, configurations no other one beats on both task "
+                "success and smoothness (smoothness is averaged over successful rollouts). "
+                "#k is the configuration's rank in the table above.",
             )
         )
     elif any(m in info.metrics for m in SMOOTHNESS):

@@ -306,7 +306,8 @@ def headline(info: SweepInfo, ranking: Ranking) -> str:
     n_seeds = len(info.seeds)
     lines = [
         f"{info.metric} ({better} is better), {len(ranking.configs)} configurations x "
-        f"{n_seeds} seed{'s' if n_seeds != 1 else ''}, mean and 95% interval over seeds:"
+        f"{n_seeds} seed{'s' if n_seeds != 1 else ''}, mean and 95% interval over seeds "
+        "(= : not separable from #1):"
     ]
     width = max((len(c.label) for c in ranking.configs), default=10)
     for i, c in enumerate(ranking.configs[:HEADLINE_ROWS]):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient_core.errors import SweepError
-from ambient_platform.config.sweep import load_sweep
+from ambient_platform.config.base import apply_overrides, load_yaml
 from ambient_platform.settings import configure_environment, resolve_location
 from ambient_platform.storage import StorageRoot
 from orchestrator.sweep.state import (
@@ -21,7 +21,6 @@ from orchestrator.sweep.state import (
     SUMMARY_DIR,
     SweepIndex,
     SweepInfo,
-    experiment_root,
     read_info,
     sweeps_of_spec,
 )
@@ -40,20 +39,20 @@ def locate(
     """The directory and info of a sweep given by spec file (its most recent sweep unless
     ``name``) or by name (under ``storage_path``, default AMBIENT_STORAGE/sweeps)."""
     if Path(target).is_file():
-        sweep = load_sweep(target, overrides, storage_path=storage_path, name=name)
+        store, default = _spec_location(target, overrides, storage_path)
         explicit = name is not None or any(o.startswith("name=") for o in overrides)
-        found = [] if explicit else sweeps_of_spec(sweep.storage_path, target)
-        own = read_info(experiment_root(sweep))
+        found = [] if explicit else sweeps_of_spec(store, target)
+        own = read_info(StorageRoot(f"{store.rstrip('/')}/{name or default}"))
         if own is not None:
             found.append(own)
         if not found:
             raise SweepError(
-                f"no sweep of {target} under {sweep.storage_path}"
-                + (f" named {sweep.name!r}" if explicit else "")
+                f"no sweep of {target} under {store}"
+                + (f" named {name or default!r}" if explicit else "")
                 + f": nothing has run yet (start one with `ambient sweep run {target}`)"
             )
         info = max(found, key=lambda i: i.created)
-        return StorageRoot(f"{sweep.storage_path.rstrip('/')}/{info.name}"), info
+        return StorageRoot(f"{store.rstrip('/')}/{info.name}"), info
     if name is not None:
         raise SweepError(f"{target} is not a spec file; give either a spec (+ --name) or a NAME")
     base = storage_path or resolve_location("sweeps")
@@ -65,6 +64,16 @@ def locate(
             "pass the spec file or --storage-path"
         )
     return root, named
+
+
+def _spec_location(
+    spec: str, overrides: Iterable[str], storage_path: str | None
+) -> tuple[str, str]:
+    """(storage path, default name) of a spec, read from its YAML alone: validating the whole
+    spec (base run config included) costs seconds and ``status`` must answer at once."""
+    data = apply_overrides(load_yaml(spec), list(overrides))
+    store = storage_path or data.get("storage_path") or "sweeps"
+    return resolve_location(str(store)), str(data.get("name") or Path(spec).stem)
 
 
 def _trial_rows(info: SweepInfo, index: SweepIndex) -> list[dict[str, Any]]:
