@@ -509,7 +509,9 @@ def plot_sigma_min_hist(
     for name, vals in values_by_source.items():
         v = np.asarray(vals, dtype=np.float64).reshape(-1)
         never = int((v >= 1.0).sum())
-        ax.hist(v, bins=edges.tolist(), alpha=0.5, label=f"{name} (n={v.size}, never passes: {never})")
+        ax.hist(
+            v, bins=edges.tolist(), alpha=0.5, label=f"{name} (n={v.size}, never passes: {never})"
+        )
     ax.set_xlabel("sigma_min")
     ax.set_ylabel("items")
     ax.set_xlim(0, 1)

@@ -10,7 +10,7 @@ actor reuse, each variant on a fresh local Ray instance.
   preparation and MLflow set-up count as overhead (``mean_run_training_s`` also shows what
   ``run_training`` measured, which includes preparation and first-call import costs);
 - efficiency = sum(trial compute) / (sweep wall x concurrency), sweep wall = Tuner.fit() (what
-  ``run_sweep`` reports as wall_s), so it excludes Ray start-up and the final summary;
+  ``run_sweep`` reports as fit_s), so it excludes Ray start-up and the final report;
 - per-trial overhead = (sweep wall x concurrency - sum(trial compute)) / trials: actor start,
   imports, MLflow run creation, checkpoints and reports, scheduling.
 
@@ -85,18 +85,19 @@ def _variant(
 
     ensure_ray(num_cpus=concurrency)
     t0 = time.perf_counter()
-    res = run_sweep(SPEC, overrides, storage_path=str(home / "sweeps"), verbose=0)
+    res = run_sweep(SPEC, overrides, storage_path=str(home / "sweeps"), progress=False)
     total = time.perf_counter() - t0
     ray.shutdown()
     client = MlflowClient(res["tracking_uri"])
     exp = client.get_experiment_by_name("sweep-smoke")
-    runs = client.search_runs(
+    assert exp is not None
+    found = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.sweep = '{name}'", max_results=1000
     )
-    runs = [r for r in runs if r.data.tags.get("kind") == "sweep-trial"]
+    runs = [r for r in found if r.data.tags.get("ambient.kind") == "trial"]
     compute = [_compute_s(client, r) for r in runs]
     inside = [r.data.metrics["time/train_s"] + r.data.metrics["time/eval_s"] for r in runs]
-    wall = res["wall_s"]
+    wall = res["fit_s"]
     return {
         "trials": len(runs),
         "finished": res["counts"].get("finished", 0),
@@ -147,18 +148,19 @@ def main() -> None:
 
     configure_environment()
     a0, b = _calibrate([])
+    variants: list[dict[str, object]] = []
     out: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "calibration": {"fixed_s": round(a0, 2), "per_step_ms": round(1000 * b, 2)},
-        "variants": [],
+        "variants": variants,
     }
     for label, secs, n in (("short", a.short, a.trials), ("long", a.long, a.long_trials)):
         steps = max(30, int((secs - a0) / b))
         for reuse in (False, True):
             name = f"bench-{label}-{'reuse' if reuse else 'fresh'}"
             r = _variant(name, steps, n, a.concurrency, reuse, home)
-            out["variants"].append({"trial": label, "target_compute_s": secs, **r})  # type: ignore[union-attr]
-            print(json.dumps(out["variants"][-1]), flush=True)  # type: ignore[index]
+            variants.append({"trial": label, "target_compute_s": secs, **r})
+            print(json.dumps(variants[-1]), flush=True)
     print(json.dumps(out, indent=2))
 
 

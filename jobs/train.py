@@ -347,7 +347,9 @@ def plot_sampler(sampler: NoiseFirstSampler, path: Path) -> None:
     ax.set_title(f"pool: {sampler.pool}")
     ax2 = fig.add_subplot(1, 2, 2)
     if sampler.n_corrupt:
-        ax2.hist(sampler.corrupt_sigma_min, bins=np.linspace(0, 1, 41).tolist(), color="tab:orange")
+        ax2.hist(
+            sampler.corrupt_sigma_min, bins=np.linspace(0, 1, 41).tolist(), color="tab:orange"
+        )
     ax2.set_xlabel("sigma_min of corrupt chunks")
     ax2.set_ylabel("chunks")
     fig.tight_layout()

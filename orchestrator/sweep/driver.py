@@ -415,11 +415,13 @@ def _fit(
     tuner = _tuner(sweep, _context(sweep, info), plan, callbacks, restored)
     try:
         with parent.active():
+            t0 = time.perf_counter()
             try:
                 with logging_redirect_tqdm():
                     tuner.fit()
             finally:
                 refresher.close()
+            fit_s = time.perf_counter() - t0
             index.state = "FINISHED"
             closed = reconcile_runs(info.tracking_uri, sweep, parent.run_id, index.trials)
             results = build_results(info)
@@ -433,6 +435,7 @@ def _fit(
     summary = results.summary()
     summary.update(
         wall_s=index.wall_s,
+        fit_s=fit_s,
         parent_run_id=parent.run_id,
         tracking_uri=info.tracking_uri,
         report=str(report.index),
