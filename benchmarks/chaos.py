@@ -1,27 +1,30 @@
 """Chaos run: kill -9 the sweep driver, a trial worker, the annotator and the watcher at seeded
 random moments, recover the way a user would, and check what recovery promises. Prints JSON.
 
-Why: kill -9 recovery is a design goal of `ambient sweep`, `ambient annotate` and `ambient
-watch` (README, sweeps/README.md); a handful of hand-placed kills in the unit tests cannot show
-that it holds at *any* moment. Each target is killed N times (`--kills`, default 20) at a moment
-drawn uniformly over its expected duration (a calibration run measures it), then recovered
-(`sweep resume`, the same `annotate` again, the next `watch --once` pass) and checked:
+Why: kill -9 recovery is a design goal of `ambient sweep`, `annotate` and `watch` (README,
+sweeps/README.md); a few hand-placed kills in unit tests cannot show that it holds at *any*
+moment. Each target is killed N times (`--kills`, default 20) at a moment drawn uniformly over
+its expected duration (an uncut calibration run measures it, unless `--durations` gives it),
+then recovered (`sweep resume`, the same `annotate` again, the next `watch --once` passes), and
+checked:
 
 - sweeps: every trial exactly once in MLflow (child runs of the one parent, unique by Ray trial
-  id and by configuration + seed), all FINISHED (none left RUNNING), the final evaluation logged
+  id and by configuration + seed), all FINISHED, none left RUNNING, the final evaluation logged
   once per trial, no second or stray parent;
-- annotations: manifest versions contiguous, every committed manifest unchanged later
+- annotations: manifest versions contiguous, each committed manifest never rewritten
   (create-only), output digests and row counts as recorded, each input shard exactly once,
-  annotated rows == input rows, each (episode, frame) once, no done markers or lease left;
-- processes: nothing the run started survives a grace period after a kill or a recovery.
+  annotated rows == input rows, each (episode, frame) once, no done marker or lease left;
+- processes: nothing the run started outlives a grace period after a kill or a recovery.
 
 Everything runs in its own world (AMBIENT_HOME under .work/chaos/, SQLite MLflow, a short Ray
-temp dir) through the real `ambient` CLI, each command in a session of its own; every process
-carries AMBIENT_CHAOS_RUN in its environment (Ray's daemons and workers inherit it), which is how
-orphans are found and why only our processes are ever killed, also on Ctrl-C.
-Exit status: 0 no violation, 1 violations, 2 the world could not be set up, 130 interrupted.
+temp dir) through the real `ambient` CLI, each command in a session of its own. Every process
+carries AMBIENT_CHAOS_RUN in its environment (Ray's daemons and workers inherit it): that is how
+orphans are found, and why only this run's processes are ever killed, also on Ctrl-C.
+A kill hits the target's PID or (driver, annotator, watcher; drawn per kill) its whole session:
+its process group plus Ray's daemons and workers. Exit status: 0 no violation, 1 violations,
+2 the world could not be set up, 130 interrupted. The full report is RUN_DIR/report.json.
 
-Usage: .venv/bin/python benchmarks/chaos.py [--kills 20] [--seed 0]
+Usage: .venv/bin/python benchmarks/chaos.py [--kills 20] [--seed 0] [--small]
          [--targets driver,worker,annotator,watcher] [--durations annotator=60,...] [--attempt I]
 """
 
@@ -54,7 +57,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "AMBIENT_CHAOS_RUN"
 TARGETS = ("driver", "worker", "annotator", "watcher")
-GRID = "0,10,20,30,40,50,60,70,80,90,99"
 QUIET = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -65,11 +67,33 @@ QUIET = {
 }
 _cli = Path(sys.executable).with_name("ambient")
 AMBIENT = [str(_cli)] if _cli.exists() else [sys.executable, "-m", "orchestrator.cli"]
+Inputs = dict[tuple[str, str], tuple[int, int]]  # (dataset, key) -> (rows, bytes)
+Steps = list[list[Any]]  # recovery steps: [command, exit status, seconds]
 log = logging.getLogger("chaos")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big the world is: the default keeps a kill window of about a minute per command on
+    2 cores; ``--small`` (the test suite) keeps only what the invariants need."""
+
+    clean: int = 8
+    corrupt: int = 40  # episodes; the annotate input is 2 episodes per shard
+    clf_steps: int = 10
+    grid: str = "0,10,20,30,40,50,60,70,80,90,99"
+    draws: int = 2
+    new_shards: int = 4  # landed before each watch pass
+
+
+SMALL = Size(clean=4, corrupt=12, clf_steps=4, grid="0,50,99", draws=1, new_shards=2)
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def count(root: Path, **patterns: str) -> dict[str, int]:
+    return {k: len(list(root.glob(p))) for k, p in patterns.items()}
 
 
 # ------------------------------------------------------------------------------ the world
@@ -91,25 +115,19 @@ class Job:
 class Lab:
     """One chaos run's isolated world and every process it starts."""
 
-    def __init__(self, work: Path, seed: int) -> None:
-        self.token = uuid.uuid4().hex[:10]
+    def __init__(self, work: Path, seed: int, size: Size) -> None:
+        self.token, self.size = uuid.uuid4().hex[:10], size
         stamp = time.strftime("%m%d-%H%M%S")
         self.dir = (work / f"run-s{seed}-{stamp}-{self.token[:4]}").resolve()
         self.home, self.logs = self.dir / "home", self.dir / "logs"
         self.ray_tmp = Path(f"/tmp/chx-{self.token}")  # Ray's socket paths need a short root
-        self.home.mkdir(parents=True)
-        self.logs.mkdir()
+        self.logs.mkdir(parents=True)
         self.uri = f"sqlite:///{self.home / 'mlflow.db'}"
         drop = ("RAY_ADDRESS", "AMBIENT_STORAGE", "MLFLOW_TRACKING_URI", "AMBIENT_DEBUG")
-        self.env = {k: v for k, v in os.environ.items() if k not in drop}
-        self.env.update(QUIET)
-        self.env.update(
-            AMBIENT_HOME=str(self.home),
-            MLFLOW_TRACKING_URI=self.uri,
-            RAY_TMPDIR=str(self.ray_tmp),
-            MPLCONFIGDIR=str(self.dir / "mpl"),
-            **{MARK: self.token},
-        )
+        self.env = {k: v for k, v in os.environ.items() if k not in drop} | QUIET
+        self.env |= {"AMBIENT_HOME": str(self.home), "MLFLOW_TRACKING_URI": self.uri}
+        self.env |= {"RAY_TMPDIR": str(self.ray_tmp), "MPLCONFIGDIR": str(self.dir / "mpl")}
+        self.env[MARK] = self.token
         self.n = 0
 
     def start(self, args: list[str], tag: str) -> Job:
@@ -120,14 +138,9 @@ class Lab:
             out.write((" ".join(cmd) + "\n").encode())
             out.flush()
             proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+                cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         return Job(proc, path, time.monotonic())
 
     def wait(self, job: Job, timeout: float) -> int:
@@ -157,17 +170,16 @@ class Lab:
                     found.append(p)
         return found
 
+    def session_of(self, pid: int) -> list[psutil.Process]:
+        """Our processes in ``pid``'s session (Ray workers lead process groups of their own)."""
+        sid = _sid(pid)
+        return [p for p in self.ours() if _sid(p.pid) == sid] if sid > 0 else []
+
     def kill9(self, pid: int, scope: str) -> int:
-        """kill -9 ``pid`` alone, or its whole session: the process group it leads plus Ray's
-        workers, which run in process groups of their own inside it. Returns how many."""
+        """kill -9 ``pid`` alone, or its whole session; returns how many processes."""
         victims = {pid}
         if scope == "session":
-            with contextlib.suppress(OSError):
-                sid = os.getsid(pid)
-                for p in self.ours():
-                    with contextlib.suppress(OSError):
-                        if os.getsid(p.pid) == sid:
-                            victims.add(p.pid)
+            victims |= {p.pid for p in self.session_of(pid)}
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
         for v in victims:
@@ -199,25 +211,30 @@ class Lab:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
+def _sid(pid: int) -> int:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return -1
+
+
 # ------------------------------------------------------------------------------ data
 
 
-def write_dataset(
-    src_meta: dict[str, Any], table: pa.Table, out: Path, per: int, name: str
-) -> None:
-    """``table`` as a dataset of ``per``-episode shards, meta.json (the commit point) last;
-    the rest of meta.json is what `ambient data generate` wrote."""
+def write_dataset(meta: dict[str, Any], table: pa.Table, out: Path, name: str) -> None:
+    """``table`` as a dataset of 2-episode shards, meta.json (the commit point) last; the rest
+    of meta.json is what `ambient data generate` wrote."""
     eps = sorted(set(table.column("episode_index").to_pylist()))
     (out / "data").mkdir(parents=True, exist_ok=True)
     shards = []
-    for i in range(0, len(eps), per):
-        part = table.filter(pc.is_in(table["episode_index"], pa.array(eps[i : i + per])))
+    for i in range(0, len(eps), 2):
+        part = table.filter(pc.is_in(table["episode_index"], pa.array(eps[i : i + 2])))
         buf = io.BytesIO()
         pq.write_table(part, buf, compression="zstd")
-        key = f"data/shard-{i // per:05d}.parquet"
+        key = f"data/shard-{i // 2:05d}.parquet"
         (out / key).write_bytes(buf.getvalue())
         shards.append({"key": key, "rows": part.num_rows, "sha256": sha256(buf.getvalue())})
-    meta = {**src_meta, "name": name, "episodes": len(eps), "shards": shards}
+    meta = {**meta, "name": name, "episodes": len(eps), "shards": shards}
     meta["frames"] = sum(s["rows"] for s in shards)
     meta["digest"] = sha256("".join(s["sha256"] for s in shards).encode())
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -229,67 +246,50 @@ def read_dataset(root: Path) -> tuple[dict[str, Any], pa.Table]:
 
 
 def build_world(lab: Lab, targets: list[str], timeout: float) -> dict[str, Path]:
-    """Maze data, the annotate input (20 two-episode shards), the watch source, a tiny
-    classifier, the sweep spec and the watch file."""
-    home, paths = lab.home, {}
-    maze = home / "data" / "maze"
-    steps = [["data", "generate", "maze", "--clean", "8", "--corrupt", "40", "--out", str(maze)]]
+    """Maze data, the annotate input (2-episode shards), the watch source, a tiny classifier,
+    the sweep spec (sweeps/smoke.yaml, every trial to the end) and the watch file."""
+    home, s = lab.home, lab.size
+    maze, clf = home / "data" / "maze", home / "classifiers" / "tiny"
+    p = {"ann_in": home / "data" / "ann-in", "watch_src": home / "data" / "watch-src"}
+    p |= {"pool": maze / "corrupt", "clf": clf}
+    steps = [["data", "generate", "maze", "--clean", str(s.clean), "--corrupt", str(s.corrupt),
+              "--out", str(maze)]]  # fmt: skip
     if {"annotator", "watcher"} & set(targets):
         steps.append(
-            ["classifier", "train", "--data", str(maze / "clean"), "--corrupt",
-             str(maze / "corrupt"), "--epochs", "1", "--steps-per-epoch", "10",
-             "--batch-size", "32", "--out", str(home / "classifiers" / "tiny")]
+            ["classifier", "train", "--data", str(maze / "clean"), "--corrupt", str(p["pool"]),
+             "--epochs", "1", "--steps-per-epoch", str(s.clf_steps), "--batch-size", "16",
+             "--out", str(clf)]
         )  # fmt: skip
     for args in steps:
         rc, took, job = lab.run(args, "setup", timeout)
         if rc != 0:
             raise RuntimeError(f"`ambient {' '.join(args[:2])}` failed ({rc}): {job.last_error()}")
         log.info("setup: ambient %s (%.0f s)", " ".join(args[:2]), took)
-    meta, table = read_dataset(maze / "corrupt")
-    paths["ann_in"] = home / "data" / "ann-in"
-    write_dataset(meta, table, paths["ann_in"], 2, "corrupt")
-    paths["watch_src"] = home / "data" / "watch-src"
-    first = table.filter(pc.less(table["episode_index"], 2))
-    write_dataset(meta, first, paths["watch_src"], 2, "rrt")
-    paths["pool"] = maze / "corrupt"
-    paths["clf"] = home / "classifiers" / "tiny"
+    meta, table = read_dataset(p["pool"])
+    write_dataset(meta, table, p["ann_in"], "corrupt")
+    write_dataset(meta, table.filter(pc.less(table["episode_index"], 2)), p["watch_src"], "rrt")
     spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    spec.update(
-        name="chaos",
-        base_config=str(ROOT / "sweeps" / "train" / "bin_sorting_ambient.yaml"),
-        scheduler={"kind": "none"},  # every trial runs every round: a fixed set to account for
-        experiment="sweep-chaos",
-    )
-    paths["spec"] = lab.dir / "sweep.yaml"
-    paths["spec"].write_text(yaml.safe_dump(spec, sort_keys=False))
-    watch = {
-        "name": "watch",
-        "sources": [str(paths["watch_src"])],
-        "out": str(home / "annotations" / "watch"),
-        "classifier": str(paths["clf"]),
-        "epochs": [1],
-        "grid_levels": [int(x) for x in GRID.split(",")],
-        "num_draws": 2,
-        "schedule": {"interval_s": 60},
-        "lease_ttl_s": 120,
-        "experiment": "annotation-chaos",
-    }
-    paths["watch"] = lab.dir / "watch.yaml"
-    paths["watch"].write_text(yaml.safe_dump(watch, sort_keys=False))
-    return paths
+    spec |= {"name": "chaos", "experiment": "sweep-chaos", "scheduler": {"kind": "none"}}
+    spec["base_config"] = str(ROOT / "sweeps" / "train" / "bin_sorting_ambient.yaml")
+    p["spec"] = lab.dir / "sweep.yaml"
+    p["spec"].write_text(yaml.safe_dump(spec, sort_keys=False))
+    watch = {"name": "watch", "sources": [str(p["watch_src"])], "classifier": str(clf)}
+    watch |= {"out": str(home / "annotations" / "watch"), "epochs": [1], "num_draws": s.draws}
+    watch |= {"grid_levels": [int(x) for x in s.grid.split(",")], "lease_ttl_s": 120}
+    watch |= {"schedule": {"interval_s": 60}, "experiment": "annotation-chaos"}
+    p["watch"] = lab.dir / "watch.yaml"
+    p["watch"].write_text(yaml.safe_dump(watch, sort_keys=False))
+    return p
 
 
 # ------------------------------------------------------------------------------ invariants
 
 
-def annotation_violations(
-    root: Path, inputs: dict[tuple[str, str], tuple[int, int]], seen: dict[str, str]
-) -> list[str]:
-    """Manifests contiguous and create-only; the latest names each input (dataset, key) ->
-    (rows, size) once, with matching digests, rows and unique (episode, frame) keys."""
-    files = {
-        int(f.stem[1:]): f for f in (root / "manifests").glob("v*.json") if f.stem[1:].isdigit()
-    }
+def annotation_violations(root: Path, inputs: Inputs, seen: dict[str, str]) -> list[str]:
+    """Manifests contiguous and create-only (``seen``: file -> sha256 when first checked);
+    the latest names every input once, with matching digests, rows and unique rows."""
+    mdir = root / "manifests"
+    files = {int(f.stem[1:]): f for f in mdir.glob("v*.json") if f.stem[1:].isdigit()}
     versions = sorted(files)
     if not versions:
         return [f"{root.name}: no manifest committed"]
@@ -300,7 +300,7 @@ def annotation_violations(
         if seen.setdefault(str(files[v]), sha256(data)) != sha256(data):
             bad.append(f"v{v}.json changed after it was committed (not create-only)")
         m = manifests[v] = json.loads(data)
-        if m.get("version") != v or m.get("previous") != (v - 1 if v > 1 else None):
+        if m.get("version") != v or m.get("previous") != (v - 1 or None):
             bad.append(f"v{v}.json says version {m.get('version')}, previous {m.get('previous')}")
         prev = (m.get("lineage") or {}).get("previous_manifest")
         if prev is not None and not str(prev).endswith(f"v{v - 1}.json"):
@@ -311,46 +311,34 @@ def annotation_violations(
     markers = sorted(str(p.relative_to(root)) for p in (root / "done").rglob("*.json"))
     if markers:
         bad.append(f"done markers left after the commit: {markers[:3]} ({len(markers)})")
-    if (root / "leases" / "watch.json").exists():
-        bad.append(
-            f"lease still held after the last run ended: {_read(root / 'leases/watch.json')}"
-        )
+    with contextlib.suppress(OSError):
+        lease = (root / "leases" / "watch.json").read_text()[:200]
+        bad.append(f"lease still held after the last run ended: {lease}")
     return [f"{root.name}: {b}" for b in bad]
 
 
-def _read(path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return path.read_text()[:200]
-    return "?"
-
-
-def shard_violations(
-    root: Path, m: dict[str, Any], inputs: dict[tuple[str, str], tuple[int, int]]
-) -> list[str]:
-    bad, keys, out_rows, dup_rows = [], set(), 0, 0
+def shard_violations(root: Path, m: dict[str, Any], inputs: Inputs) -> list[str]:
+    bad, keys, out_rows, dup_rows, v = [], set(), 0, 0, f"v{m['version']}"
     ids = [(e["dataset"], e["input_key"]) for e in m["shards"]]
     if len(ids) != len(set(ids)):
-        bad.append(
-            f"v{m['version']}: shards named twice: {sorted({i for i in ids if ids.count(i) > 1})}"
-        )
+        bad.append(f"{v}: shards named twice: {sorted({i for i in ids if ids.count(i) > 1})}")
     if set(ids) != set(inputs):
         missing, extra = sorted(set(inputs) - set(ids)), sorted(set(ids) - set(inputs))
-        bad.append(f"v{m['version']}: inputs missing {missing[:5]}, unknown {extra[:5]}")
+        bad.append(f"{v}: inputs missing {missing[:5]}, unknown {extra[:5]}")
     for e in m["shards"]:
         path = root / e["output_key"]
         if not path.exists():
-            bad.append(f"{e['output_key']} named in v{m['version']} does not exist")
+            bad.append(f"{e['output_key']} named in {v} does not exist")
             continue
         data = path.read_bytes()
         if sha256(data) != e["sha256"]:
-            bad.append(f"{e['output_key']}: sha256 differs from v{m['version']}")
+            bad.append(f"{e['output_key']}: sha256 differs from {v}")
         t = pq.read_table(io.BytesIO(data), columns=["episode_index", "frame_index"])
         rows, size = inputs.get((e["dataset"], e["input_key"]), (t.num_rows, e["input_size"]))
         if not t.num_rows == e["rows"] == rows or size != e["input_size"]:
-            bad.append(f"{e['output_key']}: {t.num_rows} rows, manifest {e['rows']}, input {rows}")
-        pairs = {
-            (e["dataset"], a, b) for a, b in zip(*(c.to_pylist() for c in t.columns), strict=True)
-        }
+            bad.append(f"{e['output_key']}: {t.num_rows} rows, {v} {e['rows']}, input {rows}")
+        ep, fr = (c.to_pylist() for c in t.columns)
+        pairs = {(e["dataset"], a, b) for a, b in zip(ep, fr, strict=True)}
         dup_rows += len(pairs & keys) + t.num_rows - len(pairs)
         keys |= pairs
         out_rows += t.num_rows
@@ -361,14 +349,13 @@ def shard_violations(
 
 
 def sweep_violations(uri: str, sweep_dir: Path) -> list[str]:
-    """One FINISHED parent; exactly one FINISHED child per trial (Ray trial id and
-    configuration + seed unique), final evaluation once each; no stray or RUNNING run."""
+    """One FINISHED parent; one FINISHED child per trial (Ray trial id and configuration +
+    seed unique), its final evaluation logged once; no stray run of the sweep."""
     from mlflow import MlflowClient
 
-    name = sweep_dir.name
-    info_file = sweep_dir / "ambient_sweep.json"
+    name, info_file = sweep_dir.name, sweep_dir / "ambient_sweep.json"
     if not info_file.exists():
-        return [f"{name}: no {info_file.name} after recovery"]
+        return [f"sweep {name}: no {info_file.name} after recovery"]
     info = json.loads(info_file.read_text())
     parent_id, n = info["parent_run_id"], int(info["n_trials"])
     client = MlflowClient(uri)
@@ -382,24 +369,20 @@ def sweep_violations(uri: str, sweep_dir: Path) -> list[str]:
         elif r.info.run_id != parent_id and (kind == "sweep" or parent != parent_id):
             bad.append(f"stray run {r.info.run_id} ({r.info.run_name}, {kind}, {r.info.status})")
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
-    trial_ids = [k.data.tags.get("ray_trial_id") for k in kids]
-    points = [
-        (tuple(k.data.params.get(p) for p in info.get("paths", [])), k.data.tags.get("seed"))
-        for k in kids
-    ]
-    if len(kids) != n or len(set(trial_ids)) != n or len(set(points)) != n:
-        bad.append(f"{len(kids)} child runs, {len(set(trial_ids))} trial ids, "
-                   f"{len(set(points))} configurations (expected {n} each)")  # fmt: skip
+    ids = {k.data.tags.get("ray_trial_id") for k in kids}
+    paths = info.get("paths", [])
+    points = {(*(k.data.params.get(p) for p in paths), k.data.tags.get("seed")) for k in kids}
+    if not len(kids) == len(ids) == len(points) == n:
+        bad.append(f"{len(kids)} child runs, {len(ids)} trial ids, {len(points)} configurations")
     for k in kids:
         if k.info.status != "FINISHED":
             bad.append(f"trial run {k.info.run_id} ({k.info.run_name}) is {k.info.status}")
         if k.data.tags.get("stopped_early") == "true":
             continue
         for key in (m for m in k.data.metrics if m.startswith("eval/")):
-            count = len(client.get_metric_history(k.info.run_id, key))
-            if count != 1:
+            if (count := len(client.get_metric_history(k.info.run_id, key))) != 1:
                 bad.append(f"trial run {k.info.run_id}: {key} logged {count} times")
-    return [f"sweep {name}: {b}" for b in bad]
+    return [f"sweep {name} (expected {n} trials): {b}" for b in bad]
 
 
 # ------------------------------------------------------------------------------ targets
@@ -424,9 +407,12 @@ class Target:
         """(pid, what) to kill now, None to look again shortly."""
         return (job.proc.pid, self.name) if job.proc.poll() is None else None
 
-    def recover(self, i: str, rc: int) -> tuple[list[list[Any]], list[str]]:
-        """Recovery steps ([args, rc, seconds]) and the violations they showed."""
-        raise NotImplementedError
+    def recover(self, i: str, rc: int) -> tuple[Steps, list[str]]:
+        """Run the recovery; its steps and the violations they showed."""
+        if rc == 0:
+            return [], []
+        steps, rc, err = self.until(self.command(i), i, (0,), tries=3)
+        return steps, [] if rc == 0 else [f"not recovered after {len(steps)} tries: {err}"]
 
     def check(self, i: str) -> list[str]:
         raise NotImplementedError
@@ -435,15 +421,14 @@ class Target:
         """What the target had written when the kill landed (to reproduce a violation)."""
         return {}
 
-    def _until(
-        self, args: list[str], i: str, ok: tuple[int, ...], tries: int = 3
-    ) -> tuple[list[list[Any]], int, str]:
-        steps, rc, err = [], -1, ""
+    def until(
+        self, args: list[str], i: str, ok: tuple[int, ...], tries: int
+    ) -> tuple[Steps, int, str]:
+        steps: Steps = []
+        rc, err = -1, ""
         for _ in range(tries):
             rc, took, job = self.lab.run(args, f"{self.name}-{i}-recover", self.timeout)
-            steps.append(
-                [args[0] if args[0] != "sweep" else f"sweep {args[1]}", rc, round(took, 1)]
-            )
+            steps.append([" ".join(args[:2]).split(" --")[0], rc, round(took, 1)])
             if rc in ok:
                 break
             err = job.last_error()
@@ -451,64 +436,54 @@ class Target:
 
 
 class Driver(Target):
-    """`ambient sweep run`, killed; recovered with `ambient sweep resume`."""
+    """`ambient sweep run`, killed; recovered by `ambient sweep resume` (or `run` again when
+    the kill came before the sweep existed)."""
 
     name = "driver"
 
-    def sweep_name(self, i: str) -> str:
-        return f"{self.name[0]}{i}"
+    def sweep(self, i: str) -> tuple[str, Path]:
+        name = f"{self.name[0]}{i}"
+        return name, self.lab.home / "sweeps" / name
 
-    def sweep_dir(self, i: str) -> Path:
-        return self.lab.home / "sweeps" / self.sweep_name(i)
+    def command(self, i: str, verb: str = "run") -> list[str]:
+        return ["sweep", verb, str(self.paths["spec"]), "--name", self.sweep(i)[0]]
 
-    def command(self, i: str) -> list[str]:
-        return ["sweep", "run", str(self.paths["spec"]), "--name", self.sweep_name(i)]
-
-    def recover(self, i: str, rc: int) -> tuple[list[list[Any]], list[str]]:
-        steps: list[list[Any]] = []
+    def recover(self, i: str, rc: int) -> tuple[Steps, list[str]]:
+        steps: Steps = []
+        err = ""
         while rc != 0 and len(steps) < 3:
-            verb = "resume" if (self.sweep_dir(i) / "ambient_sweep.json").exists() else "run"
-            args = ["sweep", verb, str(self.paths["spec"]), "--name", self.sweep_name(i)]
-            more, rc, err = self._until(args, i, (0,), tries=1)
+            known = (self.sweep(i)[1] / "ambient_sweep.json").exists()
+            more, rc, err = self.until(self.command(i, "resume" if known else "run"), i, (0,), 1)
             steps += more
         return steps, [] if rc == 0 else [f"not recovered after {len(steps)} tries: {err}"]
 
     def check(self, i: str) -> list[str]:
-        return sweep_violations(self.lab.uri, self.sweep_dir(i))
+        return sweep_violations(self.lab.uri, self.sweep(i)[1])
 
     def snapshot(self, i: str) -> dict[str, int]:
-        d = self.sweep_dir(i)
-        return {
-            "info": int((d / "ambient_sweep.json").exists()),
-            "trials": len(list(d.glob("trial_*"))),
-            "checkpoints": len(list(d.glob("trial_*/checkpoint_*"))),
-        }
+        return count(self.sweep(i)[1], info="ambient_sweep.json", trials="trial_*",
+                     checkpoints="trial_*/checkpoint_*")  # fmt: skip
 
 
 class Worker(Driver):
-    """A Ray worker running a trial (`ray::ImplicitFunc.train`), killed by PID; Tune retries the
-    trial (max_failures), else `sweep resume` finishes it."""
+    """A Ray worker running a trial (`ray::ImplicitFunc.train`), killed by PID; Tune retries
+    the trial (max_failures), else `sweep resume` finishes it."""
 
     name = "worker"
     scopes = ("pid",)
 
     def victim(self, job: Job, rng: random.Random) -> tuple[int, str] | None:
-        with contextlib.suppress(OSError):
-            sid = os.getsid(job.proc.pid)
-            found = []
-            for p in self.lab.ours():
-                with contextlib.suppress(psutil.Error, OSError):
-                    cmd = " ".join(p.cmdline())
-                    if os.getsid(p.pid) == sid and "ImplicitFunc" in cmd:
-                        found.append((p.pid, cmd.split()[0]))
-            if found:
-                return rng.choice(sorted(found))
-        return None
+        found = []
+        for p in self.lab.session_of(job.proc.pid):
+            with contextlib.suppress(psutil.Error):
+                if "ImplicitFunc" in (cmd := " ".join(p.cmdline())):
+                    found.append((p.pid, cmd.split()[0]))
+        return rng.choice(sorted(found)) if found else None
 
 
 class Annotator(Target):
-    """`ambient annotate` over 20 shards into a fresh root, killed; recovered by running it
-    again."""
+    """`ambient annotate` of every 2-episode shard into a fresh root, killed; recovered by
+    running it again."""
 
     name = "annotator"
 
@@ -516,43 +491,30 @@ class Annotator(Target):
         return self.lab.home / "annotations" / f"a{i}"
 
     def command(self, i: str) -> list[str]:
-        p = self.paths
-        return ["annotate", "--data", str(p["ann_in"]), "--classifier", str(p["clf"]),
-                "--epoch", "1", "--name", f"a{i}", "--grid", GRID, "--num-draws", "2"]  # fmt: skip
+        p, s = self.paths, self.lab.size
+        return ["annotate", "--data", str(p["ann_in"]), "--classifier", str(p["clf"]), "--epoch",
+                "1", "--name", f"a{i}", "--grid", s.grid, "--num-draws", str(s.draws)]  # fmt: skip
 
-    def recover(self, i: str, rc: int) -> tuple[list[list[Any]], list[str]]:
-        if rc == 0:
-            return [], []
-        steps, rc, err = self._until(self.command(i), i, (0,))
-        return steps, [] if rc == 0 else [f"not recovered after {len(steps)} tries: {err}"]
-
-    def inputs(self) -> dict[tuple[str, str], tuple[int, int]]:
+    def inputs(self) -> Inputs:
         src = self.paths["ann_in"]
         meta = json.loads((src / "meta.json").read_text())
-        return {
-            (meta["name"], s["key"]): (s["rows"], (src / s["key"]).stat().st_size)
-            for s in meta["shards"]
-        }
+        sizes = {s["key"]: (src / s["key"]).stat().st_size for s in meta["shards"]}
+        return {(meta["name"], s["key"]): (s["rows"], sizes[s["key"]]) for s in meta["shards"]}
 
     def check(self, i: str) -> list[str]:
         return annotation_violations(self.root(i), self.inputs(), {})
 
     def snapshot(self, i: str) -> dict[str, int]:
-        r = self.root(i)
-        return {
-            "done": len(list(r.glob("done/**/*.json"))),
-            "shards": len(list(r.glob("shards/**/*.parquet"))),
-            "manifests": len(list(r.glob("manifests/v*.json"))),
-        }
+        return count(self.root(i), done="done/**/*.json", shards="shards/**/*.parquet",
+                     manifests="manifests/v*.json")  # fmt: skip
 
 
 class Watcher(Annotator):
-    """`ambient watch --once` while 4 new one-episode shards wait, killed; recovered by the
-    next passes (until one commits or finds nothing new), after which a further pass must find
-    nothing new. One annotation across all attempts, so its versions keep growing."""
+    """`ambient watch --once` with new one-episode shards waiting, killed; recovered by the
+    next passes (until one commits or finds nothing new), after which one more pass must find
+    nothing new (exit 3). One annotation across all attempts, so its versions keep growing."""
 
     name = "watcher"
-    new_shards = 4
 
     def __init__(self, lab: Lab, paths: dict[str, Path], timeout: float) -> None:
         super().__init__(lab, paths, timeout)
@@ -566,36 +528,33 @@ class Watcher(Annotator):
     def before(self, i: str) -> None:
         """Land shards the way a producer does: write aside, then rename into data/."""
         eps = sorted(set(self.pool.column("episode_index").to_pylist()))
-        for j in range(self.new_shards):
-            ep = eps[self.landed % len(eps)]
-            t = self.pool.filter(pc.equal(self.pool["episode_index"], ep))
+        for j in range(self.lab.size.new_shards):
+            t = self.pool.filter(pc.equal(self.pool["episode_index"], eps[self.landed % len(eps)]))
             idx = pa.array([1000 + self.landed] * t.num_rows, t.schema.field("episode_index").type)
             t = t.set_column(t.schema.get_field_index("episode_index"), "episode_index", idx)
             dest = self.paths["watch_src"] / "data" / f"chaos-{i}-{j}.parquet"
-            tmp = dest.with_suffix(".tmp")
-            pq.write_table(t, tmp)
-            os.replace(tmp, dest)
+            pq.write_table(t, dest.with_suffix(".tmp"))
+            os.replace(dest.with_suffix(".tmp"), dest)
             self.landed += 1
 
     def command(self, i: str) -> list[str]:
         return ["watch", "--config", str(self.paths["watch"]), "--once"]
 
-    def recover(self, i: str, rc: int) -> tuple[list[list[Any]], list[str]]:
-        steps: list[list[Any]] = []
+    def recover(self, i: str, rc: int) -> tuple[Steps, list[str]]:
+        steps: Steps = []
         bad = []
         if rc not in (0, 3):
-            more, rc, err = self._until(self.command(i), i, (0, 3), tries=4)
-            steps += more
-            if any(s[1] == 4 for s in more):
+            steps, rc, err = self.until(self.command(i), i, (0, 3), tries=4)
+            if any(s[1] == 4 for s in steps):
                 bad.append("a pass after the kill reported busy: the dead watcher's lease held")
             if rc not in (0, 3):
                 return steps, [*bad, f"not recovered after {len(steps)} passes: {err}"]
-        more, rc, err = self._until(self.command(i), i, (3,), tries=1)
+        more, rc, err = self.until(self.command(i), i, (3,), tries=1)
         if rc != 3:
             bad.append(f"the pass after recovery exited {rc}, not 3 (up to date): {err}")
         return steps + more, bad
 
-    def inputs(self) -> dict[tuple[str, str], tuple[int, int]]:
+    def inputs(self) -> Inputs:
         files = sorted((self.paths["watch_src"] / "data").glob("*.parquet"))
         return {
             ("rrt", f"data/{f.name}"): (pq.read_metadata(f).num_rows, f.stat().st_size)
@@ -609,49 +568,35 @@ class Watcher(Annotator):
 # ------------------------------------------------------------------------------ the run
 
 
-def kill_at(
-    lab: Lab, target: Target, job: Job, at: float, scope: str, rng: random.Random
-) -> dict[str, Any]:
-    """Wait until ``at`` s after the start, then kill -9 the target's victim (the first moment
-    after ``at`` that it has one); ``landed`` is False when the command ended first."""
-    while job.proc.poll() is None:
-        elapsed = time.monotonic() - job.t0
+def kill_at(target: Target, job: Job, at: float, scope: str, rng: random.Random) -> dict[str, Any]:
+    """At ``at`` s after the start (or the first moment after it that the target has a
+    victim), kill -9; ``landed`` is False when the command ended first."""
+    while job.proc.poll() is None and (elapsed := time.monotonic() - job.t0) < target.timeout:
         if elapsed >= at and (v := target.victim(job, rng)) is not None:
-            pid, what = v
-            n = lab.kill9(pid, scope)
-            return {
-                "landed": True,
-                "at_s": round(elapsed, 2),
-                "pid": pid,
-                "what": what,
-                "killed": n,
-            }
-        if elapsed > target.timeout:
-            break
+            n = target.lab.kill9(v[0], scope)
+            return {"landed": True, "at_s": round(elapsed, 2), "what": v[1], "killed": n}
         time.sleep(0.2 if elapsed >= at else min(0.5, max(0.02, at - elapsed)))
     return {"landed": False, "at_s": round(time.monotonic() - job.t0, 2)}
 
 
 def attempt(target: Target, i: int, expected: float, a: argparse.Namespace) -> dict[str, Any]:
-    """One kill, one recovery, the invariants; every draw comes from (seed, target, i)."""
+    """One kill, its recovery, the invariants; every draw comes from (seed, target, i)."""
     lab, tag = target.lab, str(i)
     rng = random.Random(f"{a.seed}:{target.name}:{i}")
     at, scope = rng.uniform(0, expected), rng.choice(target.scopes)
     target.before(tag)
     job = lab.start(target.command(tag), f"{target.name}-{i}")
-    kill = kill_at(lab, target, job, at, scope, rng)
+    kill = kill_at(target, job, at, scope, rng)
     state = target.snapshot(tag) if kill["landed"] else {}
     rc = lab.wait(job, target.timeout)
     bad = [f"orphans after the kill: {o}" for o in lab.settle(a.grace)]
-    steps, more = target.recover(tag, rc)
-    bad += more + target.check(tag)
+    steps, failed = target.recover(tag, rc)
+    bad += failed + target.check(tag)
     bad += [f"orphans after recovery: {o}" for o in lab.settle(a.grace)]
     rec = {"attempt": i, "draw_s": round(at, 2), "scope": scope, **kill, "rc": rc}
-    rec.update(state=state, recovery=steps, recovered=not more, violations=bad)
+    rec |= {"state": state, "recovery": steps, "recovered": not failed, "violations": bad}
     rec["wall_s"] = round(time.monotonic() - job.t0, 1)
-    log.info(
-        "%s #%d: %s", target.name, i, json.dumps({k: v for k, v in rec.items() if k != "recovery"})
-    )
+    log.info("%s #%d: %s", target.name, i, json.dumps(rec))
     return rec
 
 
@@ -668,50 +613,17 @@ def calibrate(target: Target, a: argparse.Namespace) -> tuple[float, list[str]]:
 
 def run_target(target: Target, expected: float, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"expected_s": round(expected, 1), "attempts": 0, "kills_landed": 0}
-    res.update(recovered=0, violations=[], runs=[])
-    indices = [a.attempt] if a.attempt is not None else range(a.kills)
-    for i in indices:
+    res |= {"recovered": 0, "violations": [], "runs": []}
+    for i in [a.attempt] if a.attempt is not None else range(a.kills):
         rec = attempt(target, i, expected, a)
         res["runs"].append(rec)
         res["attempts"] += 1
         res["kills_landed"] += int(rec["landed"])
         res["recovered"] += int(rec["recovered"])
-        res["violations"] += [
-            {"attempt": i, "at_s": rec["at_s"], "scope": rec["scope"], "state": rec["state"],
-             "detail": v} for v in rec["violations"]
-        ]  # fmt: skip
-    walls = [r["wall_s"] for r in res["runs"]]
-    res["mean_attempt_s"] = round(sum(walls) / max(1, len(walls)), 1)
+        where = {"attempt": i, "at_s": rec["at_s"], "scope": rec["scope"], "state": rec["state"]}
+        res["violations"] += [{**where, "detail": v} for v in rec["violations"]]
+    res["mean_attempt_s"] = round(sum(r["wall_s"] for r in res["runs"]) / res["attempts"], 1)
     return res
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--kills", type=int, default=20, help="kill attempts per target")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--durations", default="", help="skip calibration: driver=90,annotator=40,...")
-    p.add_argument("--attempt", type=int, default=None, help="only this attempt (reproduce one)")
-    p.add_argument(
-        "--grace", type=float, default=30.0, help="s a killed run's processes may take to end"
-    )
-    p.add_argument("--timeout", type=float, default=900.0, help="s per command")
-    p.add_argument("--work", type=Path, default=ROOT / ".work" / "chaos")
-    p.add_argument("--rm", action="store_true", help="delete the run's directory when all is well")
-    a = p.parse_args(argv)
-    a.targets = [t for t in a.targets.split(",") if t]
-    if unknown := set(a.targets) - set(TARGETS):
-        p.error(f"unknown targets {sorted(unknown)}; choose from {TARGETS}")
-    a.durations = {k: float(v) for k, v in (d.split("=") for d in a.durations.split(",") if d)}
-    return a
-
-
-def _estimate(windows: dict[str, float], kills: int, setup_s: float) -> float:
-    """A kill lands at half the window on average, the recovery reruns about a whole one, plus
-    settling and checks (measured means replace this as attempts finish)."""
-    return setup_s + sum(kills * (1.5 * w + 10) for w in windows.values())
 
 
 def chaos(a: argparse.Namespace, lab: Lab, report: dict[str, Any]) -> None:
@@ -728,23 +640,46 @@ def chaos(a: argparse.Namespace, lab: Lab, report: dict[str, Any]) -> None:
             report["baseline_violations"] += [f"{name}: {b}" for b in bad]
         else:
             windows[name] = known
+    report["windows_s"] = {k: round(v, 1) for k, v in windows.items()}
     for kills in sorted({a.kills, 20}):
-        log.info("estimate for --kills %d: %.0f min", kills, _estimate(windows, kills, 0) / 60)
+        # A kill lands at half the window on average and recovery reruns about a whole one.
+        est = sum(kills * (1.5 * w + 15) for w in windows.values())
+        log.info("estimate for --kills %d: %.0f min (from the windows)", kills, est / 60)
     for name, target in targets.items():
         report["targets"][name] = run_target(target, windows[name], a)
-    means = {n: r["mean_attempt_s"] for n, r in report["targets"].items()}
-    report["estimate_kills_20_s"] = round(report["setup_s"] + sum(20 * m for m in means.values()))
+    means = sum(r["mean_attempt_s"] for r in report["targets"].values())
+    report["estimate_kills_20_s"] = round(report["setup_s"] + 20 * means)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    p.add_argument("--kills", type=int, default=20, help="kill attempts per target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--durations", default="", help="kill windows, s: driver=90,annotator=40")
+    p.add_argument("--attempt", type=int, default=None, help="only this attempt (reproduce one)")
+    p.add_argument("--small", action="store_true", help="the test suite's tiny world")
+    p.add_argument("--grace", type=float, default=30.0, help="s a killed run's processes have")
+    p.add_argument("--timeout", type=float, default=900.0, help="s per command")
+    p.add_argument("--work", type=Path, default=ROOT / ".work" / "chaos")
+    p.add_argument("--rm", action="store_true", help="delete the run's directory if all is well")
+    a = p.parse_args(argv)
+    a.targets = [t for t in a.targets.split(",") if t]
+    if unknown := set(a.targets) - set(TARGETS):
+        p.error(f"unknown targets {sorted(unknown)}; choose from {TARGETS}")
+    a.durations = {k: float(v) for k, v in (d.split("=") for d in a.durations.split(",") if d)}
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s chaos: %(message)s", datefmt="%H:%M:%S"
-    )
-    lab = Lab(a.work, a.seed)
-    log.info("work dir %s (logs in logs/), Ray temp %s", lab.dir, lab.ray_tmp)
-    report: dict[str, Any] = {"seed": a.seed, "kills": a.kills, "work_dir": str(lab.dir)}
-    report.update(targets={}, baseline_violations=[])
+    fmt = "%(asctime)s chaos: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S")
+    lab = Lab(a.work, a.seed, SMALL if a.small else Size())
+    log.info("run dir %s (commands' output in logs/), Ray temp %s", lab.dir, lab.ray_tmp)
+    report: dict[str, Any] = {"seed": a.seed, "kills": a.kills, "small": a.small}
+    report |= {"run_dir": str(lab.dir), "targets": {}, "baseline_violations": []}
     status, t0 = 0, time.monotonic()
 
     def _term(signum: int, frame: Any) -> None:
@@ -760,19 +695,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lab.cleanup()
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
-    report["violations"] = len(report["baseline_violations"]) + sum(
-        len(r["violations"]) for r in report["targets"].values()
-    )
-    summary = {
-        n: {k: r[k] for k in ("attempts", "kills_landed", "recovered")}
-        for n, r in report["targets"].items()
-    }
+    found = [*report["baseline_violations"]]
+    for res in report["targets"].values():
+        found += res["violations"]
+    report["violations"] = len(found)
+    (lab.dir / "report.json").write_text(json.dumps(report, indent=1))
+    keys = ("attempts", "kills_landed", "recovered", "expected_s", "mean_attempt_s")
+    brief = {k: v for k, v in report.items() if k != "targets"}
+    brief["targets"] = {n: {k: r[k] for k in keys} for n, r in report["targets"].items()}
     for n, r in report["targets"].items():
-        summary[n]["violations"] = len(r["violations"])
-    report["summary"] = summary
-    print(json.dumps(report, indent=1))
-    if status == 0 and report["violations"]:
-        status = 1
+        brief["targets"][n]["violations"] = r["violations"]
+    print(json.dumps(brief, indent=1))
+    status = status or int(bool(found))
     if status == 0 and a.rm:
         shutil.rmtree(lab.dir, ignore_errors=True)
     return status

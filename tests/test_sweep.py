@@ -494,6 +494,10 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     assert res["parent_run_id"] == parent_id
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["resumes"] == "1"
+    index = json.loads((exp_dir / "ambient_index.json").read_text())
+    assert index["state"] == "FINISHED" and len(index["segments"]) == 2
+    first = index["segments"][0][1] - index["segments"][0][0]
+    assert parent.data.metrics["time/wall_s"] > first > 0  # spans the killed segment too
     assert res["counts"] == {"finished": 4}
     kids = _children(uri, parent_id)
     assert len(kids) == 4 and len({k.data.tags["ray_trial_id"] for k in kids}) == 4

@@ -66,7 +66,7 @@ def eval_cmd(
 
 @main.command()
 @common
-@click.argument("benchmark", type=click.Choice(["maze", "bin-sorting"]))
+@click.argument("benchmark", type=click.Choice(["maze", "bin-sorting", "bin-sorting-pixels"]))
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--full", is_flag=True, help="The paper's sizes (for a GPU or a cluster).")
 @click.option("--out", default=None, help="Output directory (default .ambient/reproduce/NAME).")
