@@ -1,28 +1,24 @@
 """Chaos run: kill -9 the sweep driver, a trial worker, the annotator and the watcher at seeded
 random moments, recover the way a user would, and check what recovery promises. Prints JSON.
 
-Why: kill -9 recovery is a design goal of `ambient sweep`, `annotate` and `watch` (README,
-sweeps/README.md); a few hand-placed kills in unit tests cannot show that it holds at *any*
-moment. Each target is killed N times (`--kills`, default 20) at a moment drawn uniformly over
-its expected duration (an uncut calibration run measures it, unless `--durations` gives it),
-then recovered (`sweep resume`, the same `annotate` again, the next `watch --once` passes), and
-checked:
-
+Why: kill -9 recovery is a design goal of `ambient sweep`, `annotate` and `watch`; a few
+hand-placed kills in unit tests cannot show that it holds at *any* moment. Each target is killed
+`--kills` times at a moment drawn uniformly over its expected duration (measured by an uncut
+calibration run unless `--durations` gives it), recovered (`sweep resume`, `annotate` again, the
+next `watch --once` passes) and checked:
 - sweeps: every trial exactly once in MLflow (child runs of the one parent, unique by Ray trial
-  id and by configuration + seed), all FINISHED, none left RUNNING, the final evaluation logged
-  once per trial, no second or stray parent;
-- annotations: manifest versions contiguous, each committed manifest never rewritten
-  (create-only), output digests and row counts as recorded, each input shard exactly once,
-  annotated rows == input rows, each (episode, frame) once, no done marker or lease left;
+  id and by configuration + seed), all FINISHED, final evaluation logged once, no stray parent;
+- annotations: versions contiguous, committed manifests never rewritten (create-only), output
+  digests and rows as recorded, each input shard once, annotated rows == input rows, each
+  (episode, frame) once, no done marker or lease left;
 - processes: nothing the run started outlives a grace period after a kill or a recovery.
-
-Everything runs in its own world (AMBIENT_HOME under .work/chaos/, SQLite MLflow, a short Ray
-temp dir) through the real `ambient` CLI, each command in a session of its own. Every process
-carries AMBIENT_CHAOS_RUN in its environment (Ray's daemons and workers inherit it): that is how
-orphans are found, and why only this run's processes are ever killed, also on Ctrl-C.
-A kill hits the target's PID or (driver, annotator, watcher; drawn per kill) its whole session:
-its process group plus Ray's daemons and workers. Exit status: 0 no violation, 1 violations,
-2 the world could not be set up, 130 interrupted. The full report is RUN_DIR/report.json.
+Each run has its own world (AMBIENT_HOME under .work/chaos/, SQLite MLflow, a short Ray temp dir)
+and drives the real `ambient` CLI, each command in a session of its own. Every process carries
+AMBIENT_CHAOS_RUN in its environment (Ray's daemons and workers inherit it): that is how orphans
+are found and why only this run's processes are ever killed, also on Ctrl-C. A kill hits the
+target's PID or (drawn per kill) its whole session: its group plus Ray's daemons and workers.
+Exit status: 0 no violation, 1 violations, 2 no world (setup failed), 130 interrupted.
+The full report, every attempt with its draw, is RUN_DIR/report.json.
 
 Usage: .venv/bin/python benchmarks/chaos.py [--kills 20] [--seed 0] [--small]
          [--targets driver,worker,annotator,watcher] [--durations annotator=60,...] [--attempt I]
@@ -57,14 +53,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "AMBIENT_CHAOS_RUN"
 TARGETS = ("driver", "worker", "annotator", "watcher")
-QUIET = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "PYTHONUNBUFFERED": "1",
-}
+QUIET = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "true",
+         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
+         "PYTHONUNBUFFERED": "1"}  # fmt: skip
 _cli = Path(sys.executable).with_name("ambient")
 AMBIENT = [str(_cli)] if _cli.exists() else [sys.executable, "-m", "orchestrator.cli"]
 Inputs = dict[tuple[str, str], tuple[int, int]]  # (dataset, key) -> (rows, bytes)
@@ -158,8 +149,9 @@ class Lab:
         return rc, time.monotonic() - job.t0, job
 
     def ours(self) -> list[psutil.Process]:
-        """Live processes of this run: marked environment, or Ray's temp dir on the command
-        line (zombies are their parent's business)."""
+        """Live processes of this run: marked environment (inherited by everything its commands
+        start), or Ray's temp dir on the command line (zombies are their parent's business).
+        Not by session id: a session's leader PID can be reused by someone else's process."""
         found = []
         for p in psutil.process_iter(["cmdline", "status"]):
             with contextlib.suppress(psutil.Error, OSError):
@@ -273,10 +265,11 @@ def build_world(lab: Lab, targets: list[str], timeout: float) -> dict[str, Path]
     spec["base_config"] = str(ROOT / "sweeps" / "train" / "bin_sorting_ambient.yaml")
     p["spec"] = lab.dir / "sweep.yaml"
     p["spec"].write_text(yaml.safe_dump(spec, sort_keys=False))
-    watch = {"name": "watch", "sources": [str(p["watch_src"])], "classifier": str(clf)}
+    watch: dict[str, Any] = {"name": "watch", "sources": [str(p["watch_src"])]}
+    watch |= {"classifier": str(clf), "schedule": {"interval_s": 60}}
     watch |= {"out": str(home / "annotations" / "watch"), "epochs": [1], "num_draws": s.draws}
     watch |= {"grid_levels": [int(x) for x in s.grid.split(",")], "lease_ttl_s": 120}
-    watch |= {"schedule": {"interval_s": 60}, "experiment": "annotation-chaos"}
+    watch |= {"experiment": "annotation-chaos"}
     p["watch"] = lab.dir / "watch.yaml"
     p["watch"].write_text(yaml.safe_dump(watch, sort_keys=False))
     return p
@@ -318,7 +311,8 @@ def annotation_violations(root: Path, inputs: Inputs, seen: dict[str, str]) -> l
 
 
 def shard_violations(root: Path, m: dict[str, Any], inputs: Inputs) -> list[str]:
-    bad, keys, out_rows, dup_rows, v = [], set(), 0, 0, f"v{m['version']}"
+    bad, out_rows, dup_rows, v = [], 0, 0, f"v{m['version']}"
+    keys: set[tuple[str, int, int]] = set()
     ids = [(e["dataset"], e["input_key"]) for e in m["shards"]]
     if len(ids) != len(set(ids)):
         bad.append(f"{v}: shards named twice: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -611,9 +605,12 @@ def calibrate(target: Target, a: argparse.Namespace) -> tuple[float, list[str]]:
     return took, bad
 
 
-def run_target(target: Target, expected: float, a: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {"expected_s": round(expected, 1), "attempts": 0, "kills_landed": 0}
-    res |= {"recovered": 0, "violations": [], "runs": []}
+def run_target(
+    target: Target, expected: float, a: argparse.Namespace, res: dict[str, Any]
+) -> None:
+    """The target's series; ``res`` is filled as attempts finish (kept on Ctrl-C)."""
+    res |= {"expected_s": round(expected, 1), "attempts": 0, "kills_landed": 0, "recovered": 0}
+    res |= {"violations": [], "runs": [], "mean_attempt_s": 0.0}
     for i in [a.attempt] if a.attempt is not None else range(a.kills):
         rec = attempt(target, i, expected, a)
         res["runs"].append(rec)
@@ -622,8 +619,7 @@ def run_target(target: Target, expected: float, a: argparse.Namespace) -> dict[s
         res["recovered"] += int(rec["recovered"])
         where = {"attempt": i, "at_s": rec["at_s"], "scope": rec["scope"], "state": rec["state"]}
         res["violations"] += [{**where, "detail": v} for v in rec["violations"]]
-    res["mean_attempt_s"] = round(sum(r["wall_s"] for r in res["runs"]) / res["attempts"], 1)
-    return res
+        res["mean_attempt_s"] = round(sum(r["wall_s"] for r in res["runs"]) / res["attempts"], 1)
 
 
 def chaos(a: argparse.Namespace, lab: Lab, report: dict[str, Any]) -> None:
@@ -646,9 +642,25 @@ def chaos(a: argparse.Namespace, lab: Lab, report: dict[str, Any]) -> None:
         est = sum(kills * (1.5 * w + 15) for w in windows.values())
         log.info("estimate for --kills %d: %.0f min (from the windows)", kills, est / 60)
     for name, target in targets.items():
-        report["targets"][name] = run_target(target, windows[name], a)
+        run_target(target, windows[name], a, report["targets"].setdefault(name, {}))
     means = sum(r["mean_attempt_s"] for r in report["targets"].values())
     report["estimate_kills_20_s"] = round(report["setup_s"] + 20 * means)
+    temps = sum(1 for _ in lab.home.rglob(".~tmp-*"))  # storage's temp files: kill -9 debris
+    report["notes"] = {"mlflow_runs_left_running": running_runs(lab.uri), "temp_files": temps}
+
+
+def running_runs(uri: str) -> dict[str, int]:
+    """MLflow runs still RUNNING at the end, by kind tag: sweep runs are violations (checked
+    above); annotation runs of killed annotators and watchers are what nothing closes."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    out: dict[str, int] = {}
+    for r in client.search_runs(exps, "attributes.status = 'RUNNING'", max_results=5000):
+        kind = r.data.tags.get("kind", "?")
+        out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ from orchestrator.cli import main as cli
 from orchestrator.submit import Submission, SubmitError
 
 ROOT = Path(__file__).resolve().parents[1]
+_NOT_CODE = (".git", ".venv", ".work", ".ambient", "*.egg-info", "__pycache__", ".*_cache")
 
 
 def free_port() -> int:
@@ -177,7 +178,12 @@ def test_submit_runs_on_the_cluster_logs_to_mlflow_and_never_twice(
         "--name",
         "submitted",
     ]
+    # A frozen copy of the code: the id digests the code version, which must not change between
+    # the two submissions even while someone edits the working tree.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*_NOT_CODE))
     base = ["submit", "--address", cluster, "--tracking-uri", uri, "--storage", str(store)]
+    base += ["--working-dir", str(src)]
     runner = CliRunner()
     res = runner.invoke(cli, [*base, "--timeout", "240", "--", *command])
     assert res.exit_code == 0, res.output

@@ -223,6 +223,12 @@ def _quiet(verbose: int) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if verbose >= 2:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "1"
+    elif "TUNE_WARN_THRESHOLD_S" not in os.environ:
+        # Tune warns when a callback takes > 0.5 s: on a busy machine the report refresh thread
+        # (which shares the GIL) trips it although nothing is wrong.
+        from ray.tune.utils.util import warn_if_slow
+
+        warn_if_slow.DEFAULT_THRESHOLD = 5.0
 
 
 def _tuner(

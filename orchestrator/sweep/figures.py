@@ -93,6 +93,17 @@ def _offsets(n: int, axis: Axis, span: float) -> list[float]:
     return [width * (i / (n - 1) - 0.5) for i in range(n)]
 
 
+def _dodge_span(axis: Axis, xs: Sequence[float], n_groups: int) -> float:
+    """Total horizontal spread of the dodged groups at one x: up to half the smallest gap
+    between swept values (in log space on a log axis), so groups never reach a neighbour."""
+    if not axis.numeric or not xs:
+        return 0.0
+    vals = sorted({math.log(x) if axis.log and x > 0 else x for x in xs})
+    gaps = [b - a for a, b in zip(vals, vals[1:], strict=False)]
+    gap = min(gaps) if gaps else (0.2 if axis.log else 0.2 * (abs(vals[0]) or 1.0))
+    return gap * min(0.5, 0.08 * n_groups)
+
+
 def _jitter_width(axis: Axis, offs: Sequence[float], span: float) -> float:
     """Half-width of the seed dots' jitter: a quarter of the gap between dodged groups."""
     gap = abs(offs[1] - offs[0]) if len(offs) > 1 else (0.4 if not axis.numeric else span)
@@ -110,10 +121,7 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     axis = param_axis(results, path)
     groups = _groups(results, path)
     xs_all = [axis.x(c.params[path]) for c in results.configs if path in c.params]
-    span = 0.0
-    if axis.numeric and xs_all:
-        lo, hi = min(xs_all), max(xs_all)
-        span = 0.12 if axis.log else 0.06 * ((hi - lo) or abs(hi) or 1.0)
+    span = _dodge_span(axis, xs_all, len(groups))
     offs = _offsets(len(groups), axis, span)
     ns = {c.interval.n for c in results.configs if c.interval.mean is not None}
     same_n = len(ns) <= 1
@@ -127,7 +135,7 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
             key=lambda t: t[0],
         )
         for x, c in pts:
-            if c.values:
+            if len(c.values) > 1:
                 jit = rng.uniform(-1.0, 1.0, len(c.values)) * _jitter_width(axis, offs, span)
                 ax.scatter(
                     [_dodged(x, j, axis) for j in jit],
@@ -158,15 +166,16 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
         if axis.numeric and len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
         ax.plot([], [], "o", color=color, label=label)
-    _style_param_axis(ax, axis, info.labels.get(path, path), path, xs_all)
+    _style_param_axis(ax, axis, info.labels.get(path, path), path, xs_all, span)
     better = "lower is better" if info.mode == "min" else "higher is better"
     ax.set_ylabel(f"{info.metric} ({better})")
-    n_text = f"mean of n = {ns.pop()} seeds" if same_n and ns else "mean over seeds (n shown)"
-    ax.set_title(
-        f"{info.metric} vs {info.labels.get(path, path)}\n{n_text}, bars: 95% t-interval "
-        "(none for n = 1); dots: seeds",
-        fontsize=9,
-    )
+    n = ns.pop() if same_n and ns else None
+    n_text = "mean over seeds (n shown); bars: 95% t-interval (none for n = 1); dots: seeds"
+    if n is not None:
+        n_text = f"mean of n = {n} seeds; bars: 95% t-interval; dots: single seeds"
+    if n == 1:
+        n_text = "one seed per configuration: single runs, no interval"
+    ax.set_title(f"{info.metric} vs {info.labels.get(path, path)}\n{n_text}", fontsize=9)
     if len(groups) > 1:
         ax.legend(
             title="other parameters",
@@ -181,8 +190,10 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
 
 
 def _style_param_axis(
-    ax: Any, axis: Axis, label: str, path: str, values: Sequence[float] = ()
+    ax: Any, axis: Axis, label: str, path: str, values: Sequence[float] = (), span: float = 0.0
 ) -> None:
+    """Log scale, the swept values as ticks, and x limits that hold every swept value plus the
+    groups dodged around it (``span``: their total spread, in log space on a log axis)."""
     from matplotlib.ticker import NullFormatter
 
     if axis.numeric and axis.log:
@@ -191,6 +202,14 @@ def _style_param_axis(
     if axis.numeric and 0 < len(set(values)) <= 8:  # tick exactly the swept values
         ticks = sorted(set(values))
         ax.set_xticks(ticks, [format_value(v) for v in ticks])
+    if axis.numeric and values:  # every swept value in view, also those without results yet
+        lo, hi = min(values), max(values)
+        if axis.log and lo > 0:
+            pad = span / 2 + 0.06 * (math.log(hi / lo) or 1.0)
+            ax.set_xlim(lo * math.exp(-pad), hi * math.exp(pad))
+        else:
+            pad = span / 2 + 0.06 * ((hi - lo) or abs(lo) or 1.0)
+            ax.set_xlim(lo - pad, hi + pad)
     if not axis.numeric:
         ax.set_xticks(range(len(axis.categories)), axis.categories)
         ax.set_xlim(-0.6, len(axis.categories) - 0.4)
@@ -339,35 +358,38 @@ def classifier_curves(sets: Sequence[CurveSet], out: Path) -> Path | None:
 def sigma_min_distribution(
     panels: Sequence[tuple[str, np.ndarray, np.ndarray]], out: Path
 ) -> Path | None:
-    """(title, derived sigma_min per annotated frame, grid sigmas) per configuration."""
+    """(title, derived sigma_min per annotated frame, grid sigmas) per configuration.
+
+    sigma_min only takes annotation-grid values, so each panel is a bar per grid level (equal
+    widths, share of frames), not a histogram whose bin widths follow the uneven grid."""
     if not panels:
         return None
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = _figure(3.3 * cols + 0.3, 2.7 * rows + 0.6)
-    for k, (title, sm, grid) in enumerate(panels):
+    fig = _figure(3.4 * cols + 0.3, 2.9 * rows + 0.6)
+    for k, (title, sm, grid) in enumerate(sorted(panels, key=lambda p: p[0])):
         ax = fig.add_subplot(rows, cols, k + 1)
-        edges = np.concatenate([[0.0], (grid[1:] + grid[:-1]) / 2, [1.0]])
-        ax.hist(sm, bins=edges, color="#ff7f0e", weights=np.full(len(sm), 100.0 / max(len(sm), 1)))
-        ax.axvline(float(sm.mean()), color="black", lw=1, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlim(grid[0] * 0.8, 1.05)
+        idx = np.clip(np.searchsorted(grid, sm - 1e-9), 0, len(grid) - 1)
+        share = np.bincount(idx, minlength=len(grid)) * 100.0 / max(len(sm), 1)
+        ax.bar(np.arange(len(grid)), share, width=0.8, color="#ff7f0e")
+        step = max(1, math.ceil(len(grid) / 6))
+        ticks = list(range(0, len(grid), step))
+        ax.set_xticks(ticks, [f"{grid[t]:.2g}" for t in ticks], fontsize=7)
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel("derived sigma_min", fontsize=8)
+        ax.set_xlabel("derived sigma_min (annotation grid)", fontsize=8)
         ax.set_ylabel("% of frames", fontsize=8)
-        ax.tick_params(labelsize=7)
-        never = float((sm >= 1.0).mean())
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylim(0, 105)
         ax.text(
-            0.02,
+            0.97,
             0.95,
-            f"mean {sm.mean():.3g}\nnever used: {100 * never:.0f}%",
+            f"mean {sm.mean():.3g}\nnever passes: {100 * float((sm >= 1.0).mean()):.0f}%",
             transform=ax.transAxes,
+            ha="right",
             va="top",
             fontsize=7,
         )
-    fig.suptitle(
-        "Derived sigma_min per configuration (per annotated frame; dashed: mean)", fontsize=10
-    )
+    fig.suptitle("Derived sigma_min per configuration (share of annotated frames)", fontsize=10)
     return _save(fig, out)
 
 
