@@ -618,6 +618,8 @@ def run_target(
         res["kills_landed"] += int(rec["landed"])
         res["recovered"] += int(rec["recovered"])
         where = {"attempt": i, "at_s": rec["at_s"], "scope": rec["scope"], "state": rec["state"]}
+        again = f"--targets {target.name} --seed {a.seed} --attempt {i} --durations "
+        where["again"] = again + f"{target.name}={expected:.1f}" + " --small" * a.small
         res["violations"] += [{**where, "detail": v} for v in rec["violations"]]
         res["mean_attempt_s"] = round(sum(r["wall_s"] for r in res["runs"]) / res["attempts"], 1)
 

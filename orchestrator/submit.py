@@ -47,40 +47,43 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
     return dict(env)
 
 
+def _git(working_dir: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(working_dir), *args], capture_output=True, check=True, timeout=30
+    ).stdout
+
+
 def code_version(working_dir: Path) -> str:
-    """Git commit plus a digest of uncommitted changes, or a digest of the tracked sources."""
+    """Git commit plus a digest of uncommitted changes under ``working_dir``, or a digest of
+    its sources when it is not tracked by git (not in a repository, or an ignored directory
+    inside one, whose HEAD says nothing about the files that travel)."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(working_dir), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        diff = subprocess.run(
-            ["git", "-C", str(working_dir), "diff", "HEAD"],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        ).stdout
+        if (
+            subprocess.run(
+                ["git", "-C", str(working_dir), "check-ignore", "-q", "."], timeout=30, check=False
+            ).returncode
+            == 0
+        ):
+            return _files_version(working_dir)
+        head = _git(working_dir, "rev-parse", "HEAD").decode().strip()
+        diff = _git(working_dir, "diff", "HEAD", "--", ".")
         # Untracked, not ignored files travel with the job too (a new sweep YAML, say).
-        untracked = subprocess.run(
-            ["git", "-C", str(working_dir), "ls-files", "-z", "-o", "--exclude-standard"],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        ).stdout
+        untracked = _git(working_dir, "ls-files", "-z", "-o", "--exclude-standard", "--", ".")
         for name in sorted(n for n in untracked.split(b"\0") if n):
             path = working_dir / name.decode()
             if path.is_file():
                 diff += name + b"\0" + path.read_bytes()
     except (OSError, subprocess.SubprocessError):
-        h = hashlib.sha256()
-        for p in sorted(working_dir.rglob("*.py")) + sorted(working_dir.rglob("*.yaml")):
-            if not any(part.startswith(".") for part in p.relative_to(working_dir).parts):
-                h.update(p.read_bytes())
-        return "files-" + h.hexdigest()[:12]
+        return _files_version(working_dir)
     return head + ("+" + hashlib.sha256(diff).hexdigest()[:12] if diff else "")
+
+
+def _files_version(working_dir: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(working_dir.rglob("*.py")) + sorted(working_dir.rglob("*.yaml")):
+        if not any(part.startswith(".") for part in p.relative_to(working_dir).parts):
+            h.update(str(p.relative_to(working_dir)).encode() + b"\0" + p.read_bytes())
+    return "files-" + h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -187,10 +187,12 @@ def test_report_figures_and_readable_mlflow(swept: dict[str, Any]) -> None:
     assert {
         f"{METRIC}_vs_tau.png",
         f"{METRIC}_vs_granularity.png",
-        "tradeoff_success_vs_smoothness.png",
         "classifier_p_clean_vs_sigma.png",
         "sigma_min_distribution.png",
     } <= names
+    notes = json.loads((report.parent / "data.json").read_text())["notes"]
+    # Smoothness is measured over successful rollouts: tiny trials have none, the report says so.
+    assert "tradeoff_success_vs_smoothness.png" in names or any("smoothness" in n for n in notes)
     for name in names:
         dpi = Image.open(report.parent / name).info["dpi"]
         assert min(dpi) >= 150, (name, dpi)
@@ -315,3 +317,69 @@ def test_report_renders_in_headless_chromium(swept: dict[str, Any], tmp_path: Pa
         env=env,
     )
     assert shot.stat().st_size > 50_000
+
+
+def test_report_from_synthetic_results(tmp_path: Path) -> None:
+    """Every figure from results with real spread (no sweep): trade-off with its Pareto front,
+    importance, the ranking's ties, numeric and categorical axes."""
+    import numpy as np
+
+    from jobs.trial import short_keys
+    from orchestrator.sweep.report import build_report
+    from orchestrator.sweep.results import Results, TrialRow, aggregate, best_record, rank
+    from orchestrator.sweep.state import SweepIndex, SweepInfo
+
+    paths = ["data.corrupt.0.sigma_min", "mixing.pool"]
+    metrics = ["success_rate", "reach_rate", "mean_sq_accel", "mean_sq_jerk", "train_loss"]
+    info = SweepInfo(
+        name="synthetic",
+        parent_run_id="p",
+        tracking_uri="sqlite://",
+        experiment="e",
+        spec="s.yaml",
+        spec_digest="",
+        created=0.0,
+        task="maze",
+        metric="success_rate",
+        mode="max",
+        paths=paths,
+        labels=short_keys(paths),
+        seeds=[0, 1, 2],
+        n_trials=24,
+        space={paths[0]: {"values": [0.0251, 0.0737, 0.1824, 0.4616]}, paths[1]: {}},
+        metrics=metrics,
+    )
+    rng = np.random.default_rng(0)
+    rows = []
+    for sm in [0.0251, 0.0737, 0.1824, 0.4616]:
+        for pool in ["proportional", "soft"]:
+            for seed in info.seeds:
+                m = {k: float(rng.uniform()) for k in metrics}
+                m["success_rate"] = 0.8 - abs(np.log(sm / 0.07)) * 0.2 + rng.normal(0, 0.03)
+                m["mean_sq_accel"] = 10 + 30 * sm + float(rng.normal(0, 1))
+                m["mean_sq_jerk"] = 1000 + 3000 * sm + float(rng.normal(0, 100))
+                rid = f"r{len(rows)}"
+                params = {paths[0]: sm, paths[1]: pool}
+                rows.append(
+                    TrialRow(rid, rid, rid, "FINISHED", "finished", params, seed, 1, True, m, 9.0)
+                )
+    configs = aggregate(info, rows)
+    ranking = rank(info, configs)
+    res = Results(info, rows, configs, ranking, best_record(info, ranking), {"finished": 24})
+    report = build_report(info, tmp_path / "r", SweepIndex(state="FINISHED", n_trials=24), res)
+    names = {f.file.name for f in report.figures}
+    assert {
+        "success_rate_vs_sigma_min.png",
+        "success_rate_vs_pool.png",
+        "tradeoff_success_vs_smoothness.png",
+        "parameter_importance.png",
+    } <= names
+    data = json.loads((tmp_path / "r" / "data.json").read_text())
+    assert set(data["importance"]["values"]) == {"sigma_min", "pool"}
+    assert data["importance"]["values"]["sigma_min"] > data["importance"]["values"]["pool"]
+    top = data["configs"][0]
+    assert top["data.corrupt.0.sigma_min"] == 0.0737 and top["n"] == 3
+    # the two pools at the best sigma_min are within noise of each other: a tie, not a winner
+    assert data["configs"][1]["data.corrupt.0.sigma_min"] == 0.0737
+    assert data["configs"][1]["tied_with_top"] and "not separable" in data["verdict"]
+    assert report.index.read_text().count("<tr") == 1 + 8 + 1 + 24  # ranking, trials

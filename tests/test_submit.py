@@ -60,6 +60,21 @@ def test_submission_ids_are_deterministic_and_secrets_stay_home(tmp_path: Path) 
     assert res.exit_code == 2 and "give the dashboard URL" in res.output
 
 
+def test_code_version_covers_exactly_the_files_that_travel(tmp_path: Path) -> None:
+    """An ignored directory inside the repository (a frozen copy, say) is versioned by its own
+    files, not by the repository's HEAD and diff, which say nothing about what is uploaded."""
+    from orchestrator.submit import code_version
+
+    copy = tmp_path / "src"
+    (copy / "pkg").mkdir(parents=True)
+    (copy / "pkg" / "a.py").write_text("x = 1\n")
+    first = code_version(copy)
+    assert first.startswith("files-") and code_version(copy) == first
+    (copy / "pkg" / "a.py").write_text("x = 2\n")
+    assert code_version(copy) != first
+    assert not code_version(ROOT).startswith("files-")  # the repository itself: git
+
+
 def test_storage_flag_moves_relative_locations(tmp_path: Path) -> None:
     """--storage is the root of every relative data location, local or s3://."""
     from ambient_platform.settings import resolve_location

@@ -245,16 +245,31 @@ def sweep_report_cmd(
     storage_path: str | None,
     name: str | None,
     out: str | None,
+    tracking_uri: str | None,
 ) -> None:
-    """(Re)build the HTML report of a sweep from the tracking store, finished or not."""
+    """(Re)build the HTML report of a sweep from the tracking store, finished or not.
+
+    A NAME this machine's storage does not hold is looked up in the tracking store (give
+    --out)."""
     from pathlib import Path
 
     from ambient_platform.tracking import RunTracker
-    from orchestrator.sweep.report import build_report, publish
+    from orchestrator.sweep import SweepError
+    from orchestrator.sweep.report import build_report, info_from_tracking, publish
     from orchestrator.sweep.state import SweepIndex, report_dir
     from orchestrator.sweep.status import locate
 
-    root, info = locate(target, list(overrides), storage_path=storage_path, name=name)
+    try:
+        root, info = locate(target, list(overrides), storage_path=storage_path, name=name)
+    except SweepError:
+        if Path(target).is_file() or out is None:
+            raise
+        # Not in this machine's storage: rebuild from the tracking store alone.
+        info = info_from_tracking(target, tracking_uri)
+        report = build_report(info, Path(out))
+        click.echo(report.headline)
+        click.echo(f"report: {report.index}")
+        return
     dest = Path(out) if out else report_dir(root, info.name)
     report = build_report(info, dest, SweepIndex.read(root))
     if out is None:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,12 @@ def _quiet(verbose: int) -> None:
 
 
 def _tuner(
-    sweep: Sweep, ctx: TrialContext, plan: SearchPlan, callbacks: list[Any], restore: bool
+    sweep: Sweep,
+    ctx: TrialContext,
+    plan: SearchPlan,
+    callbacks: list[Any],
+    restore: bool,
+    verbose: int = 0,
 ) -> Any:
     from ray import tune
 
@@ -260,7 +266,7 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.spec.keep_checkpoints),
             callbacks=callbacks,
-            verbose=0,
+            verbose=min(verbose, 3),
         ),
     )
 
@@ -369,7 +375,7 @@ def run_sweep(
     index.write(root)
     restored = resume and tune.Tuner.can_restore(root.uri)
     report_job = ReportJob(sweep, info, index, parent)
-    return _fit(sweep, info, index, parent, plan, report_job, restored, progress)
+    return _fit(sweep, info, index, parent, plan, report_job, _Run(restored, progress, verbose))
 
 
 def _describe(uri: str, experiment: str) -> None:
@@ -395,6 +401,15 @@ def _context(sweep: Sweep, info: SweepInfo) -> TrialContext:
     )
 
 
+@dataclass(frozen=True)
+class _Run:
+    """How this segment runs: restored from Tune's state or fresh, and how much it says."""
+
+    restored: bool
+    progress: bool
+    verbose: int
+
+
 def _fit(
     sweep: Sweep,
     info: SweepInfo,
@@ -402,14 +417,13 @@ def _fit(
     parent: RunTracker,
     plan: SearchPlan,
     report_job: ReportJob,
-    restored: bool,
-    progress: bool,
+    run: _Run,
 ) -> dict[str, Any]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     root = experiment_root(sweep)
     refresher = Refresher(report_job.refresh)
-    monitor = SweepMonitor(LiveView(info, root, index, refresher.poke, progress))
+    monitor = SweepMonitor(LiveView(info, root, index, refresher.poke, run.progress))
     from ray.tune.logger import JsonLoggerCallback
 
     # Only result.json (Tune's result grid reads it); no CSV or TensorBoard files.
@@ -418,7 +432,7 @@ def _fit(
         monitor,
         JsonLoggerCallback(),
     ]
-    tuner = _tuner(sweep, _context(sweep, info), plan, callbacks, restored)
+    tuner = _tuner(sweep, _context(sweep, info), plan, callbacks, run.restored, run.verbose)
     try:
         with parent.active():
             t0 = time.perf_counter()
@@ -432,7 +446,9 @@ def _fit(
             closed = reconcile_runs(info.tracking_uri, sweep, parent.run_id, index.trials)
             results = build_results(info)
             report = report_job()
-            _log_end(parent, sweep, index, results.counts, closed, plan, restored, results.best)
+            _log_end(
+                parent, sweep, index, results.counts, closed, plan, run.restored, results.best
+            )
     except BaseException as exc:
         index.state = "INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         raise

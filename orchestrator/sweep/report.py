@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ambient_core.errors import SweepError
 from ambient_platform.config import RunConfig
 from ambient_platform.config.base import set_path
-from ambient_platform.tracking import RunTracker
+from ambient_platform.tracking import RunTracker, scratch_dir
 from jobs.trial import AnnotationCurves, annotation_curves, derived_sigma_min, format_value
 from orchestrator.sweep import figures
 from orchestrator.sweep.parcoords import parcoords_svg
@@ -389,3 +390,27 @@ def publish(report: Report, parent: RunTracker | None, store: Any | None) -> Non
             store.write_bytes(str(f.relative_to(report.dir)), f.read_bytes())
     if parent is not None:
         parent.log_artifact(report.dir, "report")
+
+
+def info_from_tracking(name: str, tracking_uri: str | None = None) -> SweepInfo:
+    """A sweep's info from its parent run alone (``spec/ambient_sweep.json``), for sweeps whose
+    storage this machine cannot see (another cluster's disk)."""
+    from mlflow import MlflowClient
+
+    from ambient_platform.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        exps,
+        filter_string=f"tags.sweep = '{name}' and tags.`ambient.kind` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise SweepError(f"no sweep named {name!r} in the tracking store {uri}")
+    with scratch_dir() as d:
+        local = client.download_artifacts(runs[0].info.run_id, "spec/ambient_sweep.json", str(d))
+        data = json.loads(Path(local).read_text())
+    return SweepInfo.from_json({**data, "tracking_uri": uri})
