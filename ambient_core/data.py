@@ -154,6 +154,15 @@ def read_parquet_frames(
 
 
 @dataclass(frozen=True)
+class _DeviceFrames:
+    """Frames (F, D) per key and chunk tables on one device, for gathering batches there."""
+
+    features: dict[str, torch.Tensor]
+    start: torch.Tensor  # (N,) first frame row of each chunk (may precede its episode)
+    bounds: torch.Tensor  # (N, 2) [start, end) rows of each chunk's episode
+
+
+@dataclass(frozen=True)
 class ChunkSpec:
     horizon: int = 16
     n_obs_steps: int = 2
@@ -205,6 +214,7 @@ class ChunkDataset:
         self.chunk_dataset = np.concatenate(ds_of_chunk)
         self.chunk_episode = np.concatenate(ep_of_chunk).astype(np.int64)
         self.chunk_frame = np.concatenate(first).astype(np.int64)  # start frame (may be < 0)
+        self._device_cache: dict[str, _DeviceFrames] = {}
         if len(self.chunk_start) == 0:
             raise DataError(
                 f"datasets {self.dataset_names} yield no chunk: every episode is shorter than "
@@ -229,13 +239,50 @@ class ChunkDataset:
     def torch_batch(
         self, ids: np.ndarray, normalizer: torch.nn.Module, device: torch.device | str = "cpu"
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Normalised tensors for a batch (normalizer: ambient_core.policy.Normalizer)."""
+        """Normalised tensors for a batch (normalizer: ambient_core.policy.Normalizer).
+
+        On the CPU the batch is gathered in numpy and wrapped without a copy. On an accelerator
+        the frames live on the device (copied once, ``on_device``) and the batch is gathered
+        there, so a step copies only the B chunk ids to the device, never B x H frames.
+        """
+        dev = torch.device(device)
+        if dev.type != "cpu":
+            return self._device_batch(ids, normalizer, dev)
         obs, act = self.batch(ids)
-        t_obs = {
-            k: normalizer.normalize(k, torch.from_numpy(v).to(device)) for k, v in obs.items()
-        }
-        t_act = normalizer.normalize(self.action_key, torch.from_numpy(act).to(device))
+        t_obs = {k: normalizer.normalize(k, torch.from_numpy(v)) for k, v in obs.items()}
+        t_act = normalizer.normalize(self.action_key, torch.from_numpy(act))
         return t_obs, t_act
+
+    def on_device(self, device: torch.device) -> _DeviceFrames:
+        """The frames and chunk tables as tensors on ``device`` (built once per device)."""
+        cached = self._device_cache.get(str(device))
+        if cached is None:
+            keys = [*self.obs_keys, self.action_key]
+            cached = _DeviceFrames(
+                {k: torch.from_numpy(self.features[k]).to(device) for k in keys},
+                torch.from_numpy(self.chunk_start).to(device),
+                torch.from_numpy(self.chunk_bounds).to(device),
+            )
+            self._device_cache[str(device)] = cached
+        return cached
+
+    def _device_batch(
+        self, ids: np.ndarray, normalizer: torch.nn.Module, device: torch.device
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        frames = self.on_device(device)
+        t_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device, non_blocking=True)
+
+        def gather(key: str, length: int) -> torch.Tensor:
+            idx = frames.start[t_ids, None] + torch.arange(length, device=device)[None, :]
+            lo, hi = frames.bounds[t_ids, :1], frames.bounds[t_ids, 1:] - 1
+            return frames.features[key][torch.minimum(torch.maximum(idx, lo), hi)]
+
+        t_obs = {
+            k: normalizer.normalize(k, gather(k, self.spec.n_obs_steps)) for k in self.obs_keys
+        }
+        return t_obs, normalizer.normalize(
+            self.action_key, gather(self.action_key, self.spec.horizon)
+        )
 
     def feature_dims(self) -> dict[str, int]:
         return {k: int(v.shape[1]) for k, v in self.features.items()}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ambient_core.device import resolve_device
 from ambient_core.losses import PREDICTIONS
 from ambient_core.networks import build_network
 from ambient_core.schedule import ddpm_alphas_cumprod
@@ -212,8 +213,9 @@ class PolicyRunner:
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.policy = policy.to(device).eval()
-        self.method, self.steps, self.device = method, num_inference_steps, torch.device(device)
+        self.device = resolve_device(device)
+        self.policy = policy.to(self.device).eval()
+        self.method, self.steps = method, num_inference_steps
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.n_obs_steps = policy.spec.n_obs_steps
 
@@ -223,6 +225,18 @@ class PolicyRunner:
         }
         act = self.policy.predict_action(t_obs, self.method, self.steps, self.generator)
         return act.cpu().numpy()
+
+
+@dataclass
+class _EmaPairs:
+    """Averaged tensors and their sources, plus the tensors that are copied (buffers, frozen
+    parameters), for one source model."""
+
+    model_id: int
+    averaged: list[torch.Tensor]
+    source: list[torch.Tensor]
+    copy_to: list[torch.Tensor]
+    copy_from: list[torch.Tensor]
 
 
 class EMA:
@@ -247,6 +261,7 @@ class EMA:
         self.min_value, self.max_value = min_value, max_value
         self.update_after_step = update_after_step
         self.optimization_step = 0
+        self._cache: _EmaPairs | None = None
 
     def decay(self, optimization_step: int) -> float:
         step = max(0, optimization_step - self.update_after_step - 1)
@@ -255,21 +270,31 @@ class EMA:
         value = 1 - (1 + step / self.inv_gamma) ** -self.power
         return max(self.min_value, min(value, self.max_value))
 
+    def _pairs(self, model: nn.Module) -> _EmaPairs:
+        """The tensor lists of one update, built once per source model (walking the module
+        tree every step cost about 5% of a small U-Net's CPU step)."""
+        if self._cache is None or self._cache.model_id != id(model):
+            pairs = list(zip(self.averaged.parameters(), model.parameters(), strict=True))
+            bufs = list(zip(self.averaged.buffers(), model.buffers(), strict=True))
+            frozen = [(e, p) for e, p in pairs if not p.requires_grad] + bufs
+            self._cache = _EmaPairs(
+                id(model),
+                [e for e, p in pairs if p.requires_grad],
+                [p for _, p in pairs if p.requires_grad],
+                [e for e, _ in frozen],
+                [p for _, p in frozen],
+            )
+        return self._cache
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """ema <- decay * ema + (1 - decay) * param in one fused pass; buffers are copied."""
         d = self.decay(self.optimization_step)
-        pairs = list(zip(self.averaged.parameters(), model.parameters(), strict=True))
-        ema_t = [e for e, p in pairs if p.requires_grad]
-        if ema_t:  # one fused pass instead of two small ops per tensor
-            torch._foreach_mul_(ema_t, d)
-            torch._foreach_add_(
-                ema_t, [p.detach() for _, p in pairs if p.requires_grad], alpha=1 - d
-            )
-        for e, p in pairs:
-            if not p.requires_grad:
-                e.copy_(p.detach())
-        for ema_b, b in zip(self.averaged.buffers(), model.buffers(), strict=True):
-            ema_b.copy_(b)
+        c = self._pairs(model)
+        if c.averaged:  # lerp with weight 1 - d; weight 1 (the first update) copies exactly
+            torch._foreach_lerp_(c.averaged, c.source, 1.0 - d)
+        if c.copy_to:
+            torch._foreach_copy_(c.copy_to, c.copy_from)
         self.optimization_step += 1
 
     def state_dict(self) -> dict[str, Any]:

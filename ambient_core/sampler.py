@@ -1,18 +1,39 @@
 """Noise-first sampler: draw the diffusion level, then a datapoint that is eligible at it.
 
-Clean items are always eligible. Corrupt item i is eligible at sigma iff
-``sigma >= threshold(sigma_min_i)`` (high-noise window, contraction) or ``sigma <= sigma_max_i``
-(low-noise window, locality). Because levels live on a finite grid of T sigmas, every item
-reduces to a pair of grid indices (K_min_i, K_max_i). Items are sorted once by (K_max, K_min); at
-each level the eligible items of a K_max group are either the whole group or a prefix of it, so a
-(T, T + 1) table of cumulative counts turns "uniform over eligible corrupt items" into two
-searchsorted calls: O(B log T) per batch, independent of N, and no rejection loop.
+The rule (ADP: "sample the diffusion noise level first, then choose only data that are valid at
+that noise level"), for a batch element:
+
+1. draw the level k ~ p(k) on the DDPM grid sigma_0 < ... < sigma_{T-1} (uniform by default,
+   ``level_weights`` otherwise), so the marginal of sigma is exactly the plain diffusion one;
+2. eligibility at sigma_k: every clean item; corrupt item i iff ``sigma_k >= thr_i`` (the
+   high-noise window, contraction) or ``sigma_k <= sigma_max_i`` (the low-noise window,
+   locality), where ``thr_i = sigma_min_i * buffer.mult + buffer.add`` and, for sigma_min_i > 0,
+   sigma_k must exceed sigma_min_i strictly (the ambient pair needs st > sm). sigma_min_i = 0 is
+   "eligible everywhere" (co-training), sigma_max_i = 0 "no low window". Windows that meet or
+   overlap make the item eligible at every level;
+3. choose the pool with P(corrupt | k) = s_k, where c_k is the number of eligible corrupt items
+   and n the clean count (``MixingRule.pool``):
+   ``proportional`` s_k = c_k / (n + c_k) (uniform over all eligible items);
+   ``fixed`` s_k = 1 - alpha when c_k > 0 (co-training weights, alpha = clean share);
+   ``soft`` s_k = share(sigma_k) when c_k > 0 (e.g. a linear ramp in sigma);
+   s_k = 0 when c_k = 0, and 1 when there is no clean data;
+4. draw the item uniformly inside the chosen pool's eligible set.
+
+A corrupt element drawn through the high window carries its sigma_min (the ambient loss
+contracts it to that level, ``ambient_core.losses``); one drawn through the low window is marked
+``low_window`` and trained with the plain denoising pair.
+
+Implementation: levels live on a finite grid of T sigmas, so every item reduces to a pair of grid
+indices (K_min_i, K_max_i). Items are sorted once by (K_max, K_min); at each level the eligible
+items of a K_max group are either the whole group or a prefix of it, so a (T, T + 1) table of
+cumulative counts turns "uniform over eligible corrupt items" into two searchsorted calls:
+O(B log T) per batch, independent of N, and no rejection loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -79,6 +100,23 @@ class LinearRamp:
         return self.max_share * ramp
 
 
+@dataclass(frozen=True)
+class MixingRule:
+    """How corrupt items join a level's batch: the eligibility buffer above sigma_min and the
+    pool mode (with ``alpha`` for ``fixed`` and ``soft_share`` for ``soft``)."""
+
+    buffer: Buffer = field(default_factory=Buffer)
+    pool: PoolMode = "proportional"
+    alpha: float | None = None
+    soft_share: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOL_MODES:
+            raise ValueError(f"pool must be one of {POOL_MODES}, got {self.pool!r}")
+        if self.pool == "fixed" and (self.alpha is None or not 0.0 <= self.alpha <= 1.0):
+            raise ValueError(f"pool 'fixed' needs alpha in [0, 1] (clean share), got {self.alpha}")
+
+
 @dataclass
 class SamplerBatch:
     """One batch of (level, item) draws plus per-sigma-bucket bookkeeping."""
@@ -95,8 +133,29 @@ class SamplerBatch:
     bucket_corrupt: np.ndarray = field(repr=False)
 
 
+def _thresholds(
+    sigma_min: np.ndarray | None, sigma_max: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated per-corrupt-item (sigma_min, sigma_max) arrays (missing: zeros)."""
+    sm = np.zeros(0) if sigma_min is None else np.asarray(sigma_min, float)
+    sx = np.zeros_like(sm) if sigma_max is None else np.asarray(sigma_max, float)
+    if sm.ndim != 1 or sx.shape != sm.shape:
+        raise ValueError("corrupt_sigma_min and corrupt_sigma_max must be 1-D of equal length")
+    for name, arr in (("sigma_min", sm), ("sigma_max", sx)):
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr > 1))
+        if bad.size:
+            raise ValueError(
+                f"corrupt {name} must lie in [0, 1]; item {bad[0]} has {arr[bad[0]]!r}"
+            )
+    return sm, sx
+
+
 class NoiseFirstSampler:
-    """Seeded, reproducible noise-first batch sampler over clean + corrupt items."""
+    """Seeded, reproducible noise-first batch sampler over clean + corrupt items.
+
+    ``corrupt_sigma_min`` / ``corrupt_sigma_max`` hold one threshold pair per corrupt item
+    (sigma-space); ``rule`` says how they are mixed in (module docstring).
+    """
 
     def __init__(
         self,
@@ -105,10 +164,7 @@ class NoiseFirstSampler:
         corrupt_sigma_max: np.ndarray | None = None,
         *,
         sigmas: np.ndarray,
-        buffer: Buffer | None = None,
-        pool: PoolMode = "proportional",
-        alpha: float | None = None,
-        soft_share: Callable[[np.ndarray], np.ndarray] | None = None,
+        rule: MixingRule | None = None,
         level_weights: np.ndarray | None = None,
         bucket_edges: tuple[float, ...] = DEFAULT_BUCKET_EDGES,
         seed: int = 0,
@@ -117,34 +173,17 @@ class NoiseFirstSampler:
         T = len(self.sigmas)
         if T < 1 or np.any(np.diff(self.sigmas) <= 0):
             raise ValueError("sigmas must be a non-empty strictly increasing grid")
-        if pool not in POOL_MODES:
-            raise ValueError(f"pool must be one of {POOL_MODES}, got {pool!r}")
-        if pool == "fixed" and (alpha is None or not 0.0 <= alpha <= 1.0):
-            raise ValueError(f"pool 'fixed' needs alpha in [0, 1] (clean share), got {alpha}")
         if n_clean < 0:
             raise ValueError(f"n_clean must be >= 0, got {n_clean}")
-        sm = np.zeros(0) if corrupt_sigma_min is None else np.asarray(corrupt_sigma_min, float)
-        sx = (
-            np.zeros_like(sm)
-            if corrupt_sigma_max is None
-            else np.asarray(corrupt_sigma_max, float)
-        )
-        if sm.ndim != 1 or sx.shape != sm.shape:
-            raise ValueError("corrupt_sigma_min and corrupt_sigma_max must be 1-D of equal length")
-        for name, arr in (("sigma_min", sm), ("sigma_max", sx)):
-            bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr > 1))
-            if bad.size:
-                raise ValueError(
-                    f"corrupt {name} must lie in [0, 1]; item {bad[0]} has {arr[bad[0]]!r}"
-                )
+        sm, sx = _thresholds(corrupt_sigma_min, corrupt_sigma_max)
         self.n_clean, self.n_corrupt = int(n_clean), int(sm.size)
-        self.buffer = buffer or Buffer()
-        self.pool: PoolMode = pool
-        self.alpha = alpha
-        if pool == "soft" and soft_share is None:
+        rule = rule or MixingRule()
+        if rule.pool == "soft" and rule.soft_share is None:
             frac = self.n_corrupt / max(self.n_clean + self.n_corrupt, 1)
-            soft_share = LinearRamp(0.0, 1.0, frac)
-        self.soft_share = soft_share
+            rule = replace(rule, soft_share=LinearRamp(0.0, 1.0, frac))
+        self.rule = rule
+        self.buffer, self.pool, self.alpha = rule.buffer, rule.pool, rule.alpha
+        self.soft_share = rule.soft_share
         self.corrupt_sigma_min = sm
         self.corrupt_sigma_max = sx
         self.rng = np.random.default_rng(seed)

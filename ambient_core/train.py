@@ -21,10 +21,11 @@ import torch
 
 from ambient_core._io import atomic_directory
 from ambient_core.data import ChunkDataset
-from ambient_core.losses import training_pair
-from ambient_core.noise import fixed_noise
+from ambient_core.device import device_name
+from ambient_core.losses import Prediction, denoising_target, training_pair
+from ambient_core.noise import add_noise, fixed_noise
 from ambient_core.policy import EMA, DiffusionPolicy
-from ambient_core.sampler import NoiseFirstSampler
+from ambient_core.sampler import NoiseFirstSampler, SamplerBatch
 from ambient_core.vision import build_policy
 
 CorruptLoss = Literal["denoising", "ambient"]
@@ -49,7 +50,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     rounds: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda[:i]" or "auto" (CUDA when present)
 
     def __post_init__(self) -> None:
         if self.corrupt_loss not in ("denoising", "ambient"):
@@ -58,6 +59,7 @@ class TrainConfig:
             )
         if self.steps < 1 or self.batch_size < 1 or self.rounds < 1 or self.rounds > self.steps:
             raise ValueError("need steps >= 1, batch_size >= 1 and 1 <= rounds <= steps")
+        self.device = device_name(self.device)  # "auto" -> "cuda" or "cpu", checked once
 
 
 def cosine_warmup_lambda(warmup_steps: int, total_steps: int) -> Any:
@@ -124,14 +126,22 @@ def make_state(
 
 
 class _Accumulator:
-    """Loss and corrupt share per sigma bucket over a logging window."""
+    """Loss and corrupt share per sigma bucket over a logging window.
 
-    def __init__(self, labels: Sequence[str]) -> None:
+    Per-element losses stay on the training device until the window is read (``pull``), so a
+    GPU step never waits for the host: one device-to-host copy per window instead of per step.
+    """
+
+    def __init__(self, labels: Sequence[str], first_step: int) -> None:
         self.labels = list(labels)
-        self.reset()
+        self.reset(first_step)
 
-    def reset(self) -> None:
+    def reset(self, first_step: int) -> None:
         nb = len(self.labels)
+        self.first_step = first_step  # the window's steps are first_step + 1, ...
+        self.pending: list[torch.Tensor] = []
+        self._host: list[tuple[np.ndarray, np.ndarray]] = []
+        self.steps = 0
         self.loss_sum, self.n = 0.0, 0
         self.bucket_loss = np.zeros(nb)
         self.bucket_n = np.zeros(nb)
@@ -139,21 +149,41 @@ class _Accumulator:
         self.corrupt_loss_sum, self.corrupt_n = 0.0, 0
         self.t0 = time.perf_counter()
 
-    def add(self, per_elem: np.ndarray, buckets: np.ndarray, corrupt: np.ndarray) -> None:
-        self.loss_sum += float(per_elem.sum())
-        self.n += per_elem.size
+    def add(self, per_elem: torch.Tensor, buckets: np.ndarray, corrupt: np.ndarray) -> None:
+        """Book one step: device losses (B,), and host-side sigma buckets and corrupt flags."""
         nb = len(self.labels)
-        self.bucket_loss += np.bincount(buckets, weights=per_elem, minlength=nb)
+        self.pending.append(per_elem)
         self.bucket_n += np.bincount(buckets, minlength=nb)
         self.bucket_corrupt += np.bincount(buckets[corrupt], minlength=nb)
-        self.corrupt_loss_sum += float(per_elem[corrupt].sum())
         self.corrupt_n += int(corrupt.sum())
+        self._host.append((buckets, corrupt))
 
-    def metrics(self, steps: int) -> dict[str, float]:
+    def pull(self) -> None:
+        """Copy the pending losses to the host and book them; a NaN/inf names its step."""
+        if not self.pending:
+            return
+        losses = torch.stack(self.pending).cpu().numpy().astype(np.float64)  # (steps, B)
+        bad = np.flatnonzero(~np.isfinite(losses).all(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            value = losses[i][~np.isfinite(losses[i])][0]
+            step = self.first_step + self.steps + i + 1
+            raise FloatingPointError(f"training loss became {value} at step {step}")
+        nb = len(self.labels)
+        for row, (buckets, corrupt) in zip(losses, self._host, strict=True):
+            self.loss_sum += float(row.sum())
+            self.n += row.size
+            self.bucket_loss += np.bincount(buckets, weights=row, minlength=nb)
+            self.corrupt_loss_sum += float(row[corrupt].sum())
+        self.steps += len(self.pending)
+        self.pending, self._host = [], []
+
+    def metrics(self) -> dict[str, float]:
+        self.pull()
         out = {
             "loss": self.loss_sum / max(self.n, 1),
             "corrupt_share": self.corrupt_n / max(self.n, 1),
-            "steps_per_s": steps / max(time.perf_counter() - self.t0, 1e-9),
+            "steps_per_s": self.steps / max(time.perf_counter() - self.t0, 1e-9),
         }
         if self.corrupt_n:
             out["loss_corrupt"] = self.corrupt_loss_sum / self.corrupt_n
@@ -164,69 +194,101 @@ class _Accumulator:
         return out
 
 
+def _noised_pair(
+    cfg: TrainConfig, prediction: Prediction, b: SamplerBatch, x0: torch.Tensor, st: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target) for a sampled batch; the ambient pair only where sigma_min > 0.
+
+    The sampler guarantees sigma_t > sigma_min for ambient elements; it is checked here on the
+    host arrays (free) instead of on the device tensors (a GPU sync per step).
+    """
+    eps = torch.randn_like(x0)
+    if cfg.corrupt_loss != "ambient" or not np.any(b.sigma_min > 0):
+        return add_noise(x0, st, eps), denoising_target(x0, eps, prediction)
+    amb = np.flatnonzero(b.sigma_min > 0)
+    if np.any(b.sigmas[amb] <= b.sigma_min[amb]):
+        raise ValueError("the sampler drew an ambient element with sigma_t <= sigma_min")
+    fixed = torch.zeros(x0.shape, dtype=x0.dtype)
+    fixed[torch.from_numpy(amb)] = fixed_noise(b.items[amb], tuple(x0.shape[1:]), cfg.noise_seed)
+    sm = torch.from_numpy(b.sigma_min).to(device=x0.device, dtype=x0.dtype)
+    return training_pair(x0, st, sm, eps, fixed.to(x0.device), prediction, validate=False)
+
+
+def _optimise(state: TrainState, loss: torch.Tensor) -> None:
+    """Backward, optional clipping, AdamW, LR schedule and EMA: no host sync anywhere."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if state.config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(
+            state.policy.model.parameters(), state.config.grad_clip, foreach=True
+        )
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(state.policy)
+
+
 def train_step(
     state: TrainState, data: ChunkDataset, sigma_levels: torch.Tensor
-) -> tuple[torch.Tensor, np.ndarray, Any]:
-    """One optimisation step; returns (mean loss, per-element losses, the sampler batch)."""
+) -> tuple[torch.Tensor, torch.Tensor, SamplerBatch]:
+    """One optimisation step; returns (mean loss, per-element losses, the sampler batch).
+
+    Both losses are detached tensors on the training device (reading them syncs a GPU).
+    """
     cfg, policy = state.config, state.policy
     device = torch.device(cfg.device)
     b = state.sampler.sample(cfg.batch_size)
     obs, x0 = data.torch_batch(b.items, policy.normalizer, device)
     cond = policy.global_cond(obs)
-    st = sigma_levels[torch.from_numpy(b.levels).to(device)]
-    sm_np = b.sigma_min if cfg.corrupt_loss == "ambient" else np.zeros_like(b.sigma_min)
-    sm = torch.from_numpy(sm_np).to(device=device, dtype=x0.dtype)
-    eps = torch.randn_like(x0)
-    amb = np.flatnonzero(sm_np > 0)
-    fixed = torch.zeros_like(x0)
-    if amb.size:
-        fixed[amb] = fixed_noise(b.items[amb], tuple(x0.shape[1:]), cfg.noise_seed).to(device)
-    x_t, target = training_pair(x0, st, sm, eps, fixed, policy.spec.prediction)
-    k = torch.from_numpy(b.levels).to(device)
+    k = torch.from_numpy(b.levels).to(device, non_blocking=True)
+    x_t, target = _noised_pair(cfg, policy.spec.prediction, b, x0, sigma_levels[k])
     pred = policy(x_t, k, cond)
     per_elem = ((pred - target) ** 2).flatten(1).mean(dim=1)
     loss = per_elem.mean()
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.grad_clip)
-    state.optimizer.step()
-    state.scheduler.step()
-    if state.ema is not None:
-        state.ema.update(policy)
+    _optimise(state, loss)
     state.step += 1
-    return loss.detach(), per_elem.detach().cpu().numpy(), b
+    return loss.detach(), per_elem.detach(), b
+
+
+def _log(state: TrainState, acc: _Accumulator, callbacks: Sequence[Callback]) -> None:
+    m = acc.metrics() | {"lr": state.scheduler.get_last_lr()[0]}
+    state.history.append({"step": float(state.step), **m})
+    for cb in callbacks:
+        cb.on_log(state.step, m)
+    acc.reset(state.step)
+
+
+def _end_round(state: TrainState, callbacks: Sequence[Callback]) -> bool:
+    """Evaluation hooks at a round end (EMA weights, eval mode); True asks to stop."""
+    state.round += 1
+    state.policy.eval()
+    stop = any([cb.on_round_end(state) for cb in callbacks])
+    state.policy.train()
+    return stop
 
 
 def train(state: TrainState, data: ChunkDataset, callbacks: Sequence[Callback] = ()) -> TrainState:
-    """Run (or resume) training to ``config.steps``; rounds end at evenly spaced steps."""
+    """Run (or resume) training to ``config.steps``; rounds end at evenly spaced steps.
+
+    Losses are read back once per logging window and at round ends (a non-finite loss raises
+    FloatingPointError naming its step before any evaluation sees the weights).
+    """
     cfg = state.config
     torch.manual_seed(cfg.seed + state.step)
     sigmas = torch.from_numpy(state.sampler.sigmas).float().to(cfg.device)
-    acc = _Accumulator(state.sampler.bucket_labels())
+    acc = _Accumulator(state.sampler.bucket_labels(), state.step)
     round_ends = [round(cfg.steps * (r + 1) / cfg.rounds) for r in range(cfg.rounds)]
     state.policy.train()
-    window = 0
     while state.step < cfg.steps:
-        loss, per_elem, b = train_step(state, data, sigmas)
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {state.step}")
+        _, per_elem, b = train_step(state, data, sigmas)
         acc.add(per_elem, state.sampler.level_bucket[b.levels], b.is_corrupt)
-        window += 1
+        round_end = state.round < cfg.rounds and state.step >= round_ends[state.round]
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            m = acc.metrics(window) | {"lr": state.scheduler.get_last_lr()[0]}
-            state.history.append({"step": float(state.step), **m})
-            for cb in callbacks:
-                cb.on_log(state.step, m)
-            acc.reset()
-            window = 0
-        if state.round < cfg.rounds and state.step >= round_ends[state.round]:
-            state.round += 1
-            state.policy.eval()
-            stop = any([cb.on_round_end(state) for cb in callbacks])
-            state.policy.train()
-            if stop:
-                break
+            _log(state, acc, callbacks)
+        elif round_end:
+            acc.pull()
+        if round_end and _end_round(state, callbacks):
+            break
     state.policy.eval()
     return state
 

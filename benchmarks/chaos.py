@@ -587,7 +587,8 @@ def attempt(target: Target, i: int, expected: float, a: argparse.Namespace) -> d
     steps, failed = target.recover(tag, rc)
     bad += failed + target.check(tag)
     bad += [f"orphans after recovery: {o}" for o in lab.settle(a.grace)]
-    rec = {"attempt": i, "draw_s": round(at, 2), "scope": scope, **kill, "rc": rc}
+    rec = {"attempt": i, "window_s": round(expected, 1), "draw_s": round(at, 2), "scope": scope}
+    rec |= {**kill, "rc": rc}
     rec |= {"state": state, "recovery": steps, "recovered": not failed, "violations": bad}
     rec["wall_s"] = round(time.monotonic() - job.t0, 1)
     log.info("%s #%d: %s", target.name, i, json.dumps(rec))
@@ -608,18 +609,21 @@ def calibrate(target: Target, a: argparse.Namespace) -> tuple[float, list[str]]:
 def run_target(
     target: Target, expected: float, a: argparse.Namespace, res: dict[str, Any]
 ) -> None:
-    """The target's series; ``res`` is filled as attempts finish (kept on Ctrl-C)."""
+    """The target's series; ``res`` is filled as attempts finish (kept on Ctrl-C). A command
+    that ends before its kill narrows the window to its duration (load varies)."""
     res |= {"expected_s": round(expected, 1), "attempts": 0, "kills_landed": 0, "recovered": 0}
     res |= {"violations": [], "runs": [], "mean_attempt_s": 0.0}
+    window = expected
     for i in [a.attempt] if a.attempt is not None else range(a.kills):
-        rec = attempt(target, i, expected, a)
+        rec = attempt(target, i, window, a)
+        window = window if rec["landed"] else max(1.0, min(window, rec["at_s"]))
         res["runs"].append(rec)
         res["attempts"] += 1
         res["kills_landed"] += int(rec["landed"])
         res["recovered"] += int(rec["recovered"])
         where = {"attempt": i, "at_s": rec["at_s"], "scope": rec["scope"], "state": rec["state"]}
         again = f"--targets {target.name} --seed {a.seed} --attempt {i} --durations "
-        where["again"] = again + f"{target.name}={expected:.1f}" + " --small" * a.small
+        where["again"] = again + f"{target.name}={rec['window_s']}" + " --small" * a.small
         res["violations"] += [{**where, "detail": v} for v in rec["violations"]]
         res["mean_attempt_s"] = round(sum(r["wall_s"] for r in res["runs"]) / res["attempts"], 1)
 

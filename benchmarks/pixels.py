@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     lerobot = _Run(streamed, args)
     setup_s = time.perf_counter() - t_open
     # Steps alternate between the two runs so both see the same machine load (the 2 cores are
-    # shared); the same seeds give both runs the same batches, hence the same losses.
+    # shared); both samplers are seeded alike, so both runs draw the same chunks.
     for _ in range(args.steps):
         lerobot.step()
         preloaded.step()

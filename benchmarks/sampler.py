@@ -18,7 +18,7 @@ import torch
 
 from ambient_core.data import ChunkDataset, ChunkSpec, episodes_to_table, frames_from_table
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicySpec
-from ambient_core.sampler import Buffer, NoiseFirstSampler
+from ambient_core.sampler import Buffer, MixingRule, NoiseFirstSampler
 from ambient_core.schedule import ddpm_sigmas
 from ambient_core.train import TrainConfig, make_state, train_step
 
@@ -32,7 +32,7 @@ def sampler_cost(max_n: int, batch: int, reps: int) -> list[dict[str, float]]:
         sm = rng.uniform(0, 0.8, size=n)
         sx = np.where(rng.random(n) < 0.3, rng.uniform(0, 0.3, size=n), 0.0)
         t0 = time.perf_counter()
-        s = NoiseFirstSampler(100, sm, sx, sigmas=sig, buffer=Buffer(1.1), seed=0)
+        s = NoiseFirstSampler(100, sm, sx, sigmas=sig, rule=MixingRule(Buffer(1.1)), seed=0)
         build = time.perf_counter() - t0
         for _ in range(20):
             s.sample(batch)
@@ -92,7 +92,11 @@ def step_times(steps: int, batch: int, threads: int) -> dict[str, float]:
         torch.manual_seed(0)
         smin = np.zeros(n_corr) if mode == "plain" else np.full(n_corr, 0.074)
         sampler = NoiseFirstSampler(
-            n_clean, smin, sigmas=sig, buffer=Buffer(1.15), pool="fixed", alpha=0.5, seed=0
+            n_clean,
+            smin,
+            sigmas=sig,
+            rule=MixingRule(Buffer(1.15), pool="fixed", alpha=0.5),
+            seed=0,
         )
         cfg = TrainConfig(
             steps=10**9,

@@ -27,7 +27,7 @@ from ambient_core.data import ChunkDataset, ChunkSpec, Frames
 from ambient_core.envs.registry import EvalResult, Task, get_task
 from ambient_core.errors import ConfigError
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicyRunner, PolicySpec
-from ambient_core.sampler import Buffer, LinearRamp, NoiseFirstSampler
+from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler
 from ambient_core.schedule import ddpm_sigmas
 from ambient_core.train import (
     Callback,
@@ -199,10 +199,7 @@ def _sampler(cfg: RunConfig, th: _Thresholds, total: int) -> NoiseFirstSampler:
         th.sigma_min,
         th.sigma_max,
         sigmas=ddpm_sigmas(),
-        buffer=Buffer(m.buffer_mult, m.buffer_add),
-        pool=m.pool,
-        alpha=m.alpha,
-        soft_share=soft,
+        rule=MixingRule(Buffer(m.buffer_mult, m.buffer_add), m.pool, m.alpha, soft),
         seed=cfg.train.seed,
     )
 

@@ -84,13 +84,13 @@ def test_logging_is_configured_once_and_quiet_unless_verbose(extra_command: clic
     def log_something() -> None:
         logging.getLogger("jobs.something").info("our info")
         logging.getLogger("mlflow.store").info("their info")
-        logging.getLogger("ray.data").warning("their warning")
+        logging.getLogger("botocore.client").warning("their warning")
 
     runner = CliRunner()
     res = runner.invoke(cli, ["t-log"])
     assert res.exit_code == 0
     assert "jobs.something: our info" in res.stderr and "their info" not in res.stderr
-    assert "ray.data: their warning" in res.stderr
+    assert "botocore.client: their warning" in res.stderr
     for name in THIRD_PARTY_LOGGERS:
         assert logging.getLogger(name).level == logging.WARNING
     res = runner.invoke(cli, ["-v", "t-log"])

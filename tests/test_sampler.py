@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ambient_core.sampler import Buffer, LinearRamp, NoiseFirstSampler
+from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler
 from ambient_core.schedule import ddpm_sigmas
 
 SIG = ddpm_sigmas()
@@ -31,7 +31,7 @@ def test_every_draw_is_eligible_and_windows_are_flagged() -> None:
     n_c = 3000
     sm = rng.choice([0.0, 0.0737, 0.3, 0.8, 1.0], size=n_c)
     sx = rng.choice([0.0, 0.0, 0.1, 0.46], size=n_c)
-    s = NoiseFirstSampler(100, sm, sx, sigmas=SIG, buffer=Buffer(mult=1.1), seed=1)
+    s = NoiseFirstSampler(100, sm, sx, sigmas=SIG, rule=MixingRule(Buffer(mult=1.1)), seed=1)
     d = _draw(s, 100_000)
     cid = d["items"][d["is_corrupt"]] - 100
     sig = d["sigmas"][d["is_corrupt"]]
@@ -71,7 +71,7 @@ def _share_per_level(d: dict[str, np.ndarray]) -> np.ndarray:
 def test_corrupt_share_per_level_matches_formula(pool: str, kwargs: dict) -> None:
     rng = np.random.default_rng(3)
     sm = rng.uniform(0.0, 0.6, size=4000)
-    s = NoiseFirstSampler(1000, sm, sigmas=SIG, pool=pool, seed=4, **kwargs)  # type: ignore[arg-type]
+    s = NoiseFirstSampler(1000, sm, sigmas=SIG, rule=MixingRule(pool=pool, **kwargs), seed=4)  # type: ignore[arg-type]
     c = s.eligible_corrupt.astype(float)
     if pool == "proportional":
         formula = c / (1000 + c)
@@ -102,7 +102,9 @@ def test_uniform_over_eligible_corrupt_items() -> None:
 
 
 def test_no_hang_when_no_corrupt_item_is_ever_eligible() -> None:
-    s = NoiseFirstSampler(10, np.full(1000, 1.0), sigmas=SIG, buffer=Buffer(mult=2.0), seed=6)
+    s = NoiseFirstSampler(
+        10, np.full(1000, 1.0), sigmas=SIG, rule=MixingRule(Buffer(mult=2.0)), seed=6
+    )
     b = s.sample(5000)
     assert not b.is_corrupt.any()
     assert s.eligible_corrupt.sum() == 0
@@ -118,7 +120,9 @@ def test_corrupt_only_with_an_empty_level_is_rejected_up_front() -> None:
 
 
 def test_special_cases_cotraining_clean_only_corrupt_only() -> None:
-    cot = NoiseFirstSampler(50, np.zeros(500), sigmas=SIG, pool="fixed", alpha=0.25, seed=0)
+    cot = NoiseFirstSampler(
+        50, np.zeros(500), sigmas=SIG, rule=MixingRule(pool="fixed", alpha=0.25), seed=0
+    )
     assert np.allclose(cot.expected_corrupt_share(), 0.75)  # sigma_min = 0: eligible everywhere
     clean = NoiseFirstSampler(50, None, sigmas=SIG, seed=0)
     assert not clean.sample(1000).is_corrupt.any()
@@ -132,13 +136,15 @@ def test_sigma_on_the_grid_is_strictly_exceeded_without_buffer() -> None:
 
 
 def test_additive_buffer_and_bad_inputs() -> None:
-    s = NoiseFirstSampler(1, np.array([0.3]), sigmas=SIG, buffer=Buffer(add=0.05), seed=0)
+    s = NoiseFirstSampler(
+        1, np.array([0.3]), sigmas=SIG, rule=MixingRule(Buffer(add=0.05)), seed=0
+    )
     first = int(np.argmax(s.eligible_corrupt > 0))
     assert SIG[first] >= 0.35 and SIG[first - 1] < 0.35
     with pytest.raises(ValueError, match="item 1"):
         NoiseFirstSampler(1, np.array([0.1, np.nan]), sigmas=SIG)
     with pytest.raises(ValueError, match="alpha"):
-        NoiseFirstSampler(1, np.array([0.1]), sigmas=SIG, pool="fixed")
+        MixingRule(pool="fixed")
     with pytest.raises(ValueError, match="buffer"):
         Buffer(mult=0.5)
 

@@ -8,7 +8,7 @@ import torch
 
 from ambient_core.data import ChunkDataset, ChunkSpec, episodes_to_table, frames_from_table
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicySpec
-from ambient_core.sampler import Buffer, NoiseFirstSampler
+from ambient_core.sampler import Buffer, MixingRule, NoiseFirstSampler
 from ambient_core.schedule import ddpm_sigmas
 from ambient_core.train import (
     Callback,
@@ -61,7 +61,7 @@ def _setup(
         hi - lo,
         np.full(n_corr_chunks, sigma_min),
         sigmas=ddpm_sigmas(),
-        buffer=Buffer(mult=1.2),
+        rule=MixingRule(Buffer(mult=1.2)),
         seed=0,
     )
     spec = PolicySpec(
