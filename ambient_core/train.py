@@ -22,6 +22,7 @@ import torch
 from ambient_core._io import atomic_directory
 from ambient_core.data import ChunkDataset
 from ambient_core.device import device_name
+from ambient_core.errors import DataError
 from ambient_core.losses import Prediction, denoising_target, training_pair
 from ambient_core.noise import add_noise, fixed_noise
 from ambient_core.policy import EMA, DiffusionPolicy
@@ -322,7 +323,18 @@ def save_checkpoint(
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(path) / SPEC_FILE).read_text())
+    """The checkpoint's ``policy.json``; a missing or unreadable one is the user's input error."""
+    spec = Path(path) / SPEC_FILE
+    if not spec.is_file() or not (Path(path) / CHECKPOINT_FILE).is_file():
+        raise DataError(
+            f"{path} is not a checkpoint directory (needs {SPEC_FILE} and {CHECKPOINT_FILE}; "
+            "training writes them under <run dir>/checkpoint)"
+        )
+    try:
+        meta: dict[str, Any] = json.loads(spec.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{spec} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    return meta
 
 
 def load_policy(path: str | os.PathLike[str], use_ema: bool = True) -> DiffusionPolicy:
