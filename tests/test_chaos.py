@@ -32,7 +32,6 @@ def test_short_chaos_run_recovers_without_violations(tmp_path: Path) -> None:
         "--seed=1",
         f"--targets={','.join(TARGETS)}",
         "--durations=annotator=20,watcher=20",
-        "--grace=20",
         "--timeout=240",
         f"--work={tmp_path}",
     ]

@@ -48,10 +48,14 @@ def builtin_plans(env: MazeEnv, goals: np.ndarray) -> list[np.ndarray]:
 
 
 class StraightPolicy:
-    """Heads straight for the goal, at most ``step`` per axis per action, ignoring obstacles."""
+    """Heads straight for the goal, at most ``step`` per axis per action, ignoring obstacles
+    (the first action of each chunk at most ``first_step``, when given)."""
 
-    def __init__(self, step: float, n_obs_steps: int = 2, n_exec: int = 8) -> None:
+    def __init__(
+        self, step: float, n_obs_steps: int = 2, n_exec: int = 8, first_step: float | None = None
+    ) -> None:
         self.step = step
+        self.first_step = step if first_step is None else first_step
         self.n_obs_steps = n_obs_steps
         self.n_exec = n_exec
         self.batch_sizes: list[int] = []
@@ -64,8 +68,9 @@ class StraightPolicy:
         pos = obs["observation.state"][:, -1]
         goal = obs["observation.goal"][:, -1]
         out = []
-        for _ in range(self.n_exec):
-            pos = pos + np.clip(goal - pos, -self.step, self.step)
+        for j in range(self.n_exec):
+            s = self.first_step if j == 0 else self.step
+            pos = pos + np.clip(goal - pos, -s, s)
             out.append(pos)
         return np.stack(out, axis=1)
 
@@ -326,6 +331,25 @@ def test_velocity_violation_is_detected(env: MazeEnv) -> None:
     m = evaluate(env, StraightPolicy(step=0.5), far)
     assert m.velocity_violation_rate == 1.0 and m.success_rate == 0.0
     assert np.isnan(m.as_dict()["mean_sq_accel"])
+
+
+def test_speed_tolerances_and_chunk_start_violations(env: MazeEnv) -> None:
+    # Straight, collision-free paths that break the limit only at each chunk's first action,
+    # by 15% (strict 1.05x and 1.10x fail, 1.20x passes).
+    cand = env.sample_goals(300, np.random.default_rng(5))
+    start = np.repeat(env.start[None], len(cand), 0)
+    free = cand[~env.segment_collides(start, cand, 0.0)]
+    far = free[np.abs(free - env.start).max(axis=1) > 1.5][:6]
+    assert len(far) == 6
+    m = evaluate(env, StraightPolicy(step=0.09, first_step=0.115), far)
+    assert m.reach_rate == 1.0 and m.collision_rate == 0.0
+    assert m.success_rate == 0.0 and m.success_rate_v110 == 0.0 and m.success_rate_v120 == 1.0
+    assert m.violations_within_chunk == 0.0 and m.violations_chunk_start >= 2.0
+    smooth = evaluate(env, StraightPolicy(step=0.09), far)
+    assert smooth.success_rate == smooth.success_rate_v110 == 1.0
+    assert smooth.violations_chunk_start == smooth.violations_within_chunk == 0.0
+    jerky = evaluate(env, StraightPolicy(step=0.115, first_step=0.09), far)
+    assert jerky.violations_within_chunk > jerky.violations_chunk_start == 0.0
 
 
 def test_rollout_that_never_arrives_times_out(env: MazeEnv, goals: np.ndarray) -> None:

@@ -385,11 +385,13 @@ def test_a_second_watcher_is_kept_off_by_the_lease(
     once = ["watch", "--config", f, "--once", "--no-track"]
     out = CliRunner().invoke(cli, once)
     assert out.exit_code == 4, out.output  # busy: another holder
+    assert CliRunner().invoke(cli, [*once, "--idle-ok"]).exit_code == 0  # for CronJobs
     ann.release_lease(LEASE_KEY, "watcher-on-another-node")
     out = CliRunner().invoke(cli, once)
     assert out.exit_code == 0, out.output  # a new version committed
     assert latest_manifest(ann)[0] == 1
     assert CliRunner().invoke(cli, once).exit_code == 3  # nothing new
+    assert CliRunner().invoke(cli, [*once, "--idle-ok"]).exit_code == 0
     helps = CliRunner().invoke(cli, ["watch", "--help"]).output
     assert all(f"  {code}  " in helps for code in (0, 3, 4, 2))
 

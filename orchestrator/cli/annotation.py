@@ -159,6 +159,7 @@ def annotate(
         f"  {EXIT_COMMITTED}  a new manifest version was committed\n"
         f"  {EXIT_UP_TO_DATE}  nothing new: the annotation was up to date\n"
         f"  {EXIT_BUSY}  busy: another watcher holds the lease; nothing done\n"
+        "  (with --idle-ok, 3 and 4 become 0: for schedulers that count non-zero as failure)\n"
         "  2  a user error (bad watch file, sources, classifier, ...)\n"
         "  1  an internal error (a bug; the traceback is printed)"
     )
@@ -181,12 +182,19 @@ def annotate(
     "--max-passes", type=click.IntRange(1), help="Stop after this many passes (default: never)."
 )
 @click.option("--no-track", is_flag=True, help="Do not log annotation runs to MLflow.")
+@click.option(
+    "--idle-ok",
+    is_flag=True,
+    help="With --once, exit 0 also when nothing was new or another watcher was busy "
+    "(Kubernetes CronJobs and RayCronJobs count any other code as a failed run).",
+)
 def watch(
     config_path: str,
     overrides: tuple[str, ...],
     once: bool,
     max_passes: int | None,
     no_track: bool,
+    idle_ok: bool,
     tracking_uri: str | None,
     ray_address: str | None,
 ) -> None:
@@ -224,4 +232,5 @@ def watch(
         status = str(results[-1].get("status"))
         if status == "busy":
             click.echo("[watch] another watcher holds the lease; nothing done", err=True)
-        raise click.exceptions.Exit(_ONCE_EXIT.get(status, EXIT_COMMITTED))
+        code = _ONCE_EXIT.get(status, EXIT_COMMITTED)
+        raise click.exceptions.Exit(EXIT_COMMITTED if idle_ok else code)
