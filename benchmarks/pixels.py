@@ -14,10 +14,12 @@ Usage: .venv/bin/python benchmarks/pixels.py [--episodes 30] [--steps 20] [--s3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,7 +112,8 @@ def _moto() -> tuple[Any, str]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    with contextlib.redirect_stdout(sys.stderr):  # moto announces itself on stdout
+        server.start()
     os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
     import boto3
 
