@@ -112,12 +112,16 @@ def make_state(
     """Fresh optimiser (AdamW), cosine warm-up schedule and EMA around ``policy``."""
     device = torch.device(config.device)
     policy.to(device)
+    # The fused kernel (CPU and CUDA) updates all tensors in one pass: 5-10% of a small
+    # U-Net's CPU step against foreach, which on the CPU loops over tensors op by op.
+    fused = device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW(
         policy.model.parameters(),
         lr=config.lr,
         betas=config.betas,
         weight_decay=config.weight_decay,
-        foreach=True,
+        fused=fused,
+        foreach=None if fused else True,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, cosine_warmup_lambda(config.warmup_steps, config.steps)

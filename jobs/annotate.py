@@ -154,7 +154,7 @@ class _AnnotateRun:
     ) -> tuple[Manifest, dict[str, Any]]:
         """Score, commit the manifest; (manifest, summary)."""
         t0 = time.perf_counter()
-        execute(readable, self.cfg, self.plan.settings, self.on_shard, ray_address)
+        timing = execute(readable, self.cfg, self.plan.settings, self.on_shard, ray_address)
         wall = time.perf_counter() - t0
         self.lease.check()
         manifest = next_manifest(self.plan, self.skipped)
@@ -171,6 +171,7 @@ class _AnnotateRun:
             "rows_annotated": self.rows,
             "rows_per_s": self.rows / wall if wall > 0 else 0.0,
             "wall_s": wall,
+            "first_block_s": timing["first_block_s"],
         }
         return manifest, summary
 

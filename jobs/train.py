@@ -43,7 +43,7 @@ from ambient_core.train import (
 from ambient_core.vision import VisionDiffusionPolicy
 from ambient_core.vision_data import ImageChunkDataset
 from ambient_platform.config import DatasetRef, RunConfig, flatten
-from ambient_platform.datasets import META_FILE, read_frames
+from ambient_platform.datasets import META_FILE, read_frames, read_meta
 from ambient_platform.lerobot import INFO_PATH as LEROBOT_INFO
 from ambient_platform.settings import (
     ambient_home,
@@ -61,6 +61,7 @@ from jobs.annotated_data import (
 )
 from jobs.generate import generate
 from jobs.pixel_data import image_chunk_dataset, image_keys, vision_spec
+from jobs.worker_cache import CHUNKS, DATASETS, TASKS, Phases
 
 __all__ = ["PreparedRun", "ensure_generated", "load_annotation", "prepare", "run_training"]
 
@@ -129,7 +130,16 @@ def _load_dataset(kind: str, ref: DatasetRef, keys: list[str]) -> _Loaded:
         shards, version, digest = annotated_shards(ref.annotation, root)
         pinned = ref.annotation.model_copy(update={"version": version})
         ref = ref.model_copy(update={"annotation": pinned})
-    f, meta = read_frames(root, keys, ref.name, ref.max_episodes, shards)
+    content = read_meta(root).get("digest")
+
+    def read() -> tuple[Frames, dict[str, Any]]:
+        return read_frames(root, keys, ref.name, ref.max_episodes, shards)
+
+    if content is None:  # no content digest, no safe cache key
+        f, meta = read()
+    else:
+        key = (root.uri, content, digest, tuple(keys), ref.name, ref.max_episodes)
+        f, meta = DATASETS.get_or_build((*key, tuple(shards or ())), read)
     info = {
         "kind": kind,
         "name": f.name,
@@ -243,22 +253,37 @@ def _train_config(cfg: RunConfig) -> TrainConfig:
     )
 
 
-def prepare(cfg: RunConfig) -> PreparedRun:
-    """Load data, build sampler, normaliser, policy and optimiser state."""
-    task = get_task(cfg.task)
-    ensure_generated(cfg)
-    loaded = _load_datasets(cfg, task)
-    p = cfg.policy
-    spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
+def _chunks(task: Task, loaded: list[_Loaded], spec_c: ChunkSpec, cache_gb: float) -> ChunkDataset:
+    """The chunked dataset: cached per worker (by content) for low-dimensional tasks."""
+    frames = [ds.frames for ds in loaded]
     if image_keys(task):  # cameras: LeRobot v3 videos, decoded ahead in the background
-        frames, uris = [ds.frames for ds in loaded], [ds.info["uri"] for ds in loaded]
-        cache = int(p.vision.cache_gb * 2**30)
-        data: ChunkDataset = image_chunk_dataset(task, frames, uris, spec_c, cache)
-    else:
-        data = ChunkDataset([ds.frames for ds in loaded], spec_c, task.obs_keys)
-    th = _thresholds(cfg, loaded, data)
-    sampler = _sampler(cfg, th, len(data))
-    state = make_state(_policy(cfg, task, data), sampler, _train_config(cfg))
+        uris = [ds.info["uri"] for ds in loaded]
+        return image_chunk_dataset(task, frames, uris, spec_c, int(cache_gb * 2**30))
+    if any(ds.info["digest"] is None for ds in loaded):
+        return ChunkDataset(frames, spec_c, task.obs_keys)
+    parts = tuple(
+        (d.kind, d.info["uri"], d.info["digest"], d.ref.name, d.ref.max_episodes) for d in loaded
+    )
+    key = (parts, spec_c, tuple(task.obs_keys))
+    return CHUNKS.get_or_build(key, lambda: ChunkDataset(frames, spec_c, task.obs_keys))
+
+
+def prepare(cfg: RunConfig, phases: Phases | None = None) -> PreparedRun:
+    """Load data, build sampler, normaliser, policy and optimiser state."""
+    ph = phases or Phases()
+    with ph("env"):
+        task = TASKS.get_or_build(cfg.task, lambda: get_task(cfg.task))
+    with ph("data"):
+        ensure_generated(cfg)
+        loaded = _load_datasets(cfg, task)
+        p = cfg.policy
+        spec_c = ChunkSpec(p.horizon, p.n_obs_steps, p.n_action_steps)
+        data = _chunks(task, loaded, spec_c, p.vision.cache_gb)
+    with ph("sampler"):
+        th = _thresholds(cfg, loaded, data)
+        sampler = _sampler(cfg, th, len(data))
+    with ph("model"):
+        state = make_state(_policy(cfg, task, data), sampler, _train_config(cfg))
     return PreparedRun(task, state, data, [ds.info for ds in loaded], th.derived)
 
 
@@ -405,6 +430,7 @@ class _Training:
     tracker: RunTracker | None
     out_dir: Path
     t0: float
+    phases: Phases = field(default_factory=Phases)
 
     def fit(self, report: Any) -> MlflowLogger:
         logger_cb = MlflowLogger(self.tracker, self.run, self.cfg, report)
@@ -442,17 +468,20 @@ class _Training:
         t1 = time.perf_counter()
         res = evaluate_policy(run.task, run.state.eval_policy, cfg, cfg.eval.episodes)
         eval_s = time.perf_counter() - t1
+        self.phases.add("eval", eval_s)
         if cfg.eval.plot:
-            res.plot(out_dir / "rollouts.png")
+            with self.phases("plots"):
+                res.plot(out_dir / "rollouts.png")
         final = {f"eval/{k}": v for k, v in res.metrics.items()}
         timing = {"time/train_s": train_s, "time/eval_s": eval_s}
         (out_dir / "metrics.json").write_text(json.dumps({**final, **timing}, indent=2))
         if self.tracker is not None:
-            self.tracker.log_metrics({**final, **timing}, run.state.step)
-            for name in ("config.yaml", "sampler.png", "rollouts.png", "metrics.json"):
-                if (out_dir / name).exists():
-                    self.tracker.log_artifact(out_dir / name)
-            self.tracker.log_artifact(ckpt, "checkpoint")
+            with self.phases("log"):
+                self.tracker.log_metrics({**final, **timing}, run.state.step)
+                for name in ("config.yaml", "sampler.png", "rollouts.png", "metrics.json"):
+                    if (out_dir / name).exists():
+                        self.tracker.log_artifact(out_dir / name)
+                self.tracker.log_artifact(ckpt, "checkpoint")
         return {
             "metrics": res.metrics,
             "checkpoint": str(ckpt),
@@ -462,15 +491,19 @@ class _Training:
         }
 
     def body(self, log_params: bool, report: Any) -> dict:
-        cfg, run = self.cfg, self.run
+        cfg, run, ph = self.cfg, self.run, self.phases
         if self.tracker is not None and log_params:
-            _log_inputs(self.tracker, cfg, run)
+            with ph("log"):
+                _log_inputs(self.tracker, cfg, run)
         config = cfg.model_dump(mode="json")
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        plot_sampler(run.state.sampler, self.out_dir / "sampler.png")
-        cb = self.fit(report)
+        with ph("plots"):
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            plot_sampler(run.state.sampler, self.out_dir / "sampler.png")
+        with ph("fit"):
+            cb = self.fit(report)
         train_s = time.perf_counter() - self.t0
-        ckpt = save_checkpoint(self.out_dir / "checkpoint", run.state, {"config": config})
+        with ph("checkpoint"):
+            ckpt = save_checkpoint(self.out_dir / "checkpoint", run.state, {"config": config})
         if cb.stopped_early:
             return self.stopped(ckpt, cb.last_round, train_s)
         return self.evaluate(ckpt, train_s)
@@ -500,20 +533,27 @@ def run_training(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
-    run = prepare(cfg)
+    phases = Phases()
+    run = prepare(cfg, phases)
     if resume_from is not None:
-        restore_state(resume_from, run.state)
+        with phases("restore"):
+            restore_state(resume_from, run.state)
     tracker, log_params = None, False
     if track:
-        tracker, log_params = _open_tracker(cfg, tracking_uri, parent_run_id, tags, run_id)
+        with phases("tracker"):
+            tracker, log_params = _open_tracker(cfg, tracking_uri, parent_run_id, tags, run_id)
     base = resolve_local(cfg.output_dir) if cfg.output_dir else ambient_home() / "runs"
     tag = tracker.run_id[:8] if tracker else str(int(time.time()))
     out_dir = base / f"{cfg.name}-{tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"run_id": tracker.run_id if tracker else None, "dir": str(out_dir)}
-    job = _Training(cfg, run, tracker, out_dir, t0)
+    job = _Training(cfg, run, tracker, out_dir, t0, phases)
     with tracker.active() if tracker is not None else contextlib.nullcontext():
         result.update(job.body(log_params, report))
+        result["phases"] = dict(phases.seconds)
+        if tracker is not None:  # one batch at the end: phase times cost no extra round trips
+            tracker.log_metrics(phases.metrics(), run.state.step)
+    logger.debug("phases of %s: %s", cfg.name, phases.seconds)
     return result
 
 

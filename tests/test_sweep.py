@@ -521,3 +521,20 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     rows = [r for r in res["trials"] if r["final"]]
     assert len(rows) == 4 and all(math.isfinite(r["train_loss"]) for r in rows)
     assert np.isfinite(res["best"]["mean"])
+
+
+def test_short_keys_and_trial_names() -> None:
+    """MLflow columns and run names read: the shortest unique dotted suffix of each path."""
+    from jobs.trial import short_keys, trial_label
+
+    keys = short_keys(
+        ["data.corrupt.0.sigma_min", "data.corrupt.1.sigma_min", "data.corrupt.0.annotation.tau"]
+    )
+    assert keys == {
+        "data.corrupt.0.sigma_min": "0.sigma_min",
+        "data.corrupt.1.sigma_min": "1.sigma_min",
+        "data.corrupt.0.annotation.tau": "tau",
+    }
+    point = {"data.corrupt.0.annotation.tau": 0.45, "policy.down_dims": [16, 32]}
+    labels = short_keys(point)
+    assert trial_label(point, labels, 1) == "tau=0.45 down_dims=[16,32] seed=1"

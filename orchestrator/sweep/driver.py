@@ -463,7 +463,9 @@ def _fit(
         report=str(report.index),
         files=sorted(str(p) for p in report.dir.rglob("*") if p.is_file()),
     )
-    logger.info("sweep %s done; report: %s\n%s", sweep.name, report.index, results.headline)
+    logger.info(
+        "sweep %s done in %.1f min; report: %s", sweep.name, index.wall_s / 60, report.index
+    )
     return summary
 
 
