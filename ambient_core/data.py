@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,9 @@ import torch
 
 from ambient_core.envs.base import Episode
 from ambient_core.errors import DataError
+
+if TYPE_CHECKING:
+    from ambient_core.policy import Normalizer
 
 INDEX_COLUMNS = ("episode_index", "frame_index")
 
@@ -248,9 +252,10 @@ class ChunkDataset:
         dev = torch.device(device)
         if dev.type != "cpu":
             return self._device_batch(ids, normalizer, dev)
+        norm = cast("Normalizer", normalizer)
         obs, act = self.batch(ids)
-        t_obs = {k: normalizer.normalize(k, torch.from_numpy(v)) for k, v in obs.items()}
-        t_act = normalizer.normalize(self.action_key, torch.from_numpy(act))
+        t_obs = {k: norm.normalize(k, torch.from_numpy(v)) for k, v in obs.items()}
+        t_act = norm.normalize(self.action_key, torch.from_numpy(act))
         return t_obs, t_act
 
     def on_device(self, device: torch.device) -> _DeviceFrames:
@@ -269,6 +274,7 @@ class ChunkDataset:
     def _device_batch(
         self, ids: np.ndarray, normalizer: torch.nn.Module, device: torch.device
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        norm = cast("Normalizer", normalizer)
         frames = self.on_device(device)
         t_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device, non_blocking=True)
 
@@ -277,12 +283,8 @@ class ChunkDataset:
             lo, hi = frames.bounds[t_ids, :1], frames.bounds[t_ids, 1:] - 1
             return frames.features[key][torch.minimum(torch.maximum(idx, lo), hi)]
 
-        t_obs = {
-            k: normalizer.normalize(k, gather(k, self.spec.n_obs_steps)) for k in self.obs_keys
-        }
-        return t_obs, normalizer.normalize(
-            self.action_key, gather(self.action_key, self.spec.horizon)
-        )
+        t_obs = {k: norm.normalize(k, gather(k, self.spec.n_obs_steps)) for k in self.obs_keys}
+        return t_obs, norm.normalize(self.action_key, gather(self.action_key, self.spec.horizon))
 
     def feature_dims(self) -> dict[str, int]:
         return {k: int(v.shape[1]) for k, v in self.features.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -145,13 +146,15 @@ class ConditionalUnet1D(nn.Module):
         x = sample.transpose(1, 2)
         cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
         skips = []
-        for r1, r2, down in self.down_modules:
+        for level in self.down_modules:
+            r1, r2, down = cast(nn.ModuleList, level)
             x = r2(r1(x, cond), cond)
             skips.append(x)
             x = down(x)
         for m in self.mid_modules:
             x = m(x, cond)
-        for r1, r2, up in self.up_modules:
+        for level in self.up_modules:
+            r1, r2, up = cast(nn.ModuleList, level)
             x = torch.cat([x, skips.pop()], dim=1)
             x = up(r2(r1(x, cond), cond))
         return self.final_conv(x).transpose(1, 2)

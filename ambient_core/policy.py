@@ -101,6 +101,8 @@ class PolicySpec:
 class DiffusionPolicy(nn.Module):
     """Denoiser + normaliser + sampler; ``predict_action`` works on unnormalised batches."""
 
+    alphas_cumprod: torch.Tensor  # buffer (T,), not saved: rebuilt from the schedule
+
     def __init__(self, spec: PolicySpec, normalizer: Normalizer | None = None) -> None:
         super().__init__()
         self.spec = spec

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,14 +43,16 @@ POOL_MODES: tuple[str, ...] = ("proportional", "fixed", "soft")
 DEFAULT_BUCKET_EDGES: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 10))
 
 
-def bucket_labels(edges: Sequence[float] = DEFAULT_BUCKET_EDGES) -> list[str]:
+def bucket_labels(edges: Sequence[float] | np.ndarray = DEFAULT_BUCKET_EDGES) -> list[str]:
     """Stable metric-name suffixes for sigma buckets, e.g. ``s0.0-0.1`` (the one copy: policy
     training and classifier training log under the same names)."""
     e = [float(x) for x in edges]
     return [f"s{e[i]:.1f}-{e[i + 1]:.1f}" for i in range(len(e) - 1)]
 
 
-def bucket_index(sigmas: np.ndarray, edges: Sequence[float] = DEFAULT_BUCKET_EDGES) -> np.ndarray:
+def bucket_index(
+    sigmas: np.ndarray, edges: Sequence[float] | np.ndarray = DEFAULT_BUCKET_EDGES
+) -> np.ndarray:
     """The bucket (0 .. len(edges) - 2) of each sigma; the last bucket includes its top edge."""
     e = np.asarray(edges, dtype=np.float64)
     return np.clip(np.searchsorted(e, sigmas, side="right") - 1, 0, len(e) - 2)
@@ -237,7 +239,8 @@ class NoiseFirstSampler:
         if self.pool == "proportional":
             return c / (self.n_clean + c)
         if self.pool == "fixed":
-            return np.where(c > 0, 1.0 - float(self.alpha), 0.0)
+            return np.where(c > 0, 1.0 - float(self.alpha or 0.0), 0.0)
+        assert self.soft_share is not None  # MixingRule defaults it for pool "soft"
         share = np.clip(np.asarray(self.soft_share(self.sigmas), dtype=np.float64), 0.0, 1.0)
         return np.where(c > 0, share, 0.0)
 
@@ -286,9 +289,9 @@ class NoiseFirstSampler:
         """Stable metric-name suffixes for the sigma buckets, e.g. ``s0.0-0.1``."""
         return bucket_labels(self.bucket_edges)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         """RNG state, so a resumed run continues the same stream."""
         return {"rng": self.rng.bit_generator.state}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]

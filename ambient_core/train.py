@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class TrainState:
     @property
     def eval_policy(self) -> DiffusionPolicy:
         """The EMA weights when EMA is on (diffusion_policy evaluates those)."""
-        return self.ema.averaged if self.ema is not None else self.policy
+        return cast(DiffusionPolicy, self.ema.averaged) if self.ema is not None else self.policy
 
 
 class Callback:
@@ -256,7 +256,7 @@ def train_step(
 
 
 def _log(state: TrainState, acc: _Accumulator, callbacks: Sequence[Callback]) -> None:
-    m = acc.metrics() | {"lr": state.scheduler.get_last_lr()[0]}
+    m = acc.metrics() | {"lr": float(state.scheduler.get_last_lr()[0])}
     state.history.append({"step": float(state.step), **m})
     for cb in callbacks:
         cb.on_log(state.step, m)

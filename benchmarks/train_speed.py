@@ -25,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -87,9 +88,10 @@ def _legacy_ema_update(ema: EMA, model: torch.nn.Module) -> None:
     with torch.no_grad():
         d = ema.decay(ema.optimization_step)
         pairs = list(zip(ema.averaged.parameters(), model.parameters(), strict=True))
-        ema_t = [e for e, p in pairs if p.requires_grad]
+        ema_t: list[torch.Tensor] = [e for e, p in pairs if p.requires_grad]
         torch._foreach_mul_(ema_t, d)
-        torch._foreach_add_(ema_t, [p.detach() for _, p in pairs if p.requires_grad], alpha=1 - d)
+        src: list[torch.Tensor] = [p.detach() for _, p in pairs if p.requires_grad]
+        torch._foreach_add_(ema_t, src, alpha=1 - d)
         for e, p in pairs:
             if not p.requires_grad:
                 e.copy_(p.detach())
@@ -118,6 +120,11 @@ def _step(state: TrainState, data: ChunkDataset, sig: torch.Tensor, before: bool
     if before:  # the old loop read both back every step
         float(loss)
         per_elem.cpu().numpy()
+
+
+def _steps(state: TrainState, data: ChunkDataset, sig: torch.Tensor, before: bool, n: int) -> None:
+    for _ in range(n):
+        _step(state, data, sig, before)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -186,9 +193,7 @@ def before_after(task_name: str, batch: int, steps: int) -> dict[str, Any]:
     for block in range(max(1, steps // 10)):
         for m in ("before", "after") if block % 2 else ("after", "before"):
             st, d = states[m]
-            c, w = _timed(
-                lambda st=st, d=d, m=m: [_step(st, d, sig, m == "before") for _ in range(10)]
-            )
+            c, w = _timed(partial(_steps, st, d, sig, m == "before", 10))
             cpu[m].append(c / 10)
             wall[m].append(w / 10)
     res: dict[str, Any] = {}
@@ -208,8 +213,8 @@ def compiled(task_name: str, batch: int, steps: int) -> dict[str, Any]:
     st, data = _state(task_name, batch, False)
     sig = torch.from_numpy(st.sampler.sigmas).float()
     st.policy.model = torch.compile(st.policy.model, dynamic=False)  # type: ignore[assignment]
-    first_cpu, first_wall = _timed(lambda: [_step(st, data, sig, False) for _ in range(3)])
-    cpu, _ = _timed(lambda: [_step(st, data, sig, False) for _ in range(steps)])
+    first_cpu, first_wall = _timed(partial(_steps, st, data, sig, False, 3))
+    cpu, _ = _timed(partial(_steps, st, data, sig, False, steps))
     return {
         "compile_cpu_s": round(first_cpu, 1),
         "compile_wall_s": round(first_wall, 1),

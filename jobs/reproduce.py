@@ -306,7 +306,7 @@ def claims_markdown(
                 scale = 100.0 if key in PERCENT else 1.0
                 paper = f" (paper {a.paper[key] * scale:.1f} vs {b.paper[key] * scale:.1f})"
             text = f"{c.a} {'better than' if c.strict else 'not worse than'} {c.b}{paper}"
-            cells = [claim_cell(c, per_row[a.label][m], per_row[b.label][m]) for m in metrics]
+            cells = [claim_cell(c, per_row[a.label][m], per_row[b.label][m], m) for m in metrics]
             lines.append("| " + " | ".join([text, *cells]) + " |")
         out.append(f"{level.capitalize()} level:\n\n" + "\n".join(lines))
     if not out:
@@ -326,8 +326,8 @@ def _figure(bench: str, rows: list[Row], metrics: list[str], per_row: dict, path
         ax = fig.add_subplot(1, len(shown), i + 1)
         scale = 100.0 if key in PERCENT else 1.0
         vals = [np.array(per_row[r.label][key], float) * scale for r in rows]
-        means = [np.nanmean(v) if np.isfinite(v).any() else 0.0 for v in vals]
-        stds = [np.nanstd(v) if np.isfinite(v).sum() > 1 else 0.0 for v in vals]
+        means = [float(np.nanmean(v)) if np.isfinite(v).any() else 0.0 for v in vals]
+        stds = [float(np.nanstd(v)) if np.isfinite(v).sum() > 1 else 0.0 for v in vals]
         x = np.arange(len(rows))
         ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=3, label="ours")
         paper = [r.paper.get(key, np.nan) * scale for r in rows]

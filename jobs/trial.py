@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,12 @@ import numpy as np
 from ambient_core.errors import DataError
 from ambient_platform.config import DatasetRef, RunConfig
 from ambient_platform.config.base import set_path
-from ambient_platform.config.sweep import SEED_KEY
+from ambient_platform.config.naming import (
+    PARAM_SPACE_KEY,
+    SEED_KEY,
+    format_value,
+    trial_label,
+)
 from ambient_platform.settings import ambient_home, configure_environment
 from ambient_platform.tracking import (
     NOTE_TAG,
@@ -41,8 +46,6 @@ from ambient_platform.tracking import (
 
 logger = logging.getLogger(__name__)
 
-#: Tune config key of a trial's point: {dotted path: value, ..., "seed": s}.
-PARAM_SPACE_KEY = "trial"
 #: Tag holding the trial's point as JSON (typed values, for reports built from MLflow alone).
 POINT_TAG = "ambient.sweep.point"
 TRIAL_META = "trial.json"
@@ -122,40 +125,6 @@ def _opt(data: Mapping[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Names: what differs between trials
-
-
-def short_keys(paths: Iterable[str]) -> dict[str, str]:
-    """Shortest unique dotted suffix of each swept path (``data.corrupt.0.annotation.tau`` ->
-    ``tau``; two ``sigma_min`` leaves keep one more segment each), so MLflow columns read."""
-    paths = list(paths)
-    depth = dict.fromkeys(paths, 1)
-    for _ in range(max((p.count(".") for p in paths), default=0) + 1):
-        keys = {p: ".".join(p.split(".")[-depth[p] :]) for p in paths}
-        clash = {p for p in paths if list(keys.values()).count(keys[p]) > 1}
-        if not clash:
-            return keys
-        for p in clash:
-            depth[p] += 1
-    return {p: p for p in paths}
-
-
-def format_value(v: Any) -> str:
-    """A parameter value as people write it: 0.074, chunk, [16,32] (no quotes)."""
-    if isinstance(v, bool) or v is None:
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int | str):
-        return str(v)
-    return json.dumps(v, separators=(",", ":"))
-
-
-def trial_label(params: Mapping[str, Any], labels: Mapping[str, str], seed: int | None) -> str:
-    """``tau=0.45 granularity=chunk seed=1``: the run name of a trial."""
-    parts = [f"{labels.get(p, p)}={format_value(v)}" for p, v in params.items() if p != SEED_KEY]
-    if seed is not None:
-        parts.append(f"seed={seed}")
-    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +290,7 @@ def method_name(ref: Mapping[str, Any] | None) -> str:
     return f"ambient ({', '.join(parts)})"
 
 
-def _stats(values: list[float]) -> tuple[float, float, float, float]:
+def _stats(values: Sequence[float | None]) -> tuple[float, float, float, float]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return (math.nan,) * 4

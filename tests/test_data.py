@@ -97,3 +97,24 @@ def test_unreadable_shard_names_the_path(tmp_path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="cannot read Parquet"):
         read_parquet_frames(str(tmp_path), KEYS)
+
+
+def test_device_gather_matches_the_numpy_batch() -> None:
+    import torch
+
+    from ambient_core.policy import Normalizer
+
+    frames = [
+        frames_from_table(episodes_to_table([_episode(9), _episode(4, 50)], "a"), KEYS),
+        frames_from_table(episodes_to_table([_episode(6, 7)], "b"), KEYS),
+    ]
+    data = ChunkDataset(frames, ChunkSpec(horizon=8, n_obs_steps=2, n_action_steps=4), KEYS[:1])
+    norm = Normalizer.fit(data.features)
+    ids = np.random.default_rng(0).integers(0, len(data), size=64)
+    obs, act = data.torch_batch(ids, norm)
+    # the accelerator path (tables on the device, gathered there), exercised on the CPU
+    d_obs, d_act = data._device_batch(ids, norm, torch.device("cpu"))
+    assert torch.equal(act, d_act)
+    assert obs.keys() == d_obs.keys()
+    assert all(torch.equal(obs[k], d_obs[k]) for k in obs)
+    assert data.on_device(torch.device("cpu")) is data.on_device(torch.device("cpu"))

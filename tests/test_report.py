@@ -325,7 +325,7 @@ def test_report_from_synthetic_results(tmp_path: Path) -> None:
     importance, the ranking's ties, numeric and categorical axes."""
     import numpy as np
 
-    from jobs.trial import short_keys
+    from ambient_platform.config.naming import short_keys
     from orchestrator.sweep.report import build_report
     from orchestrator.sweep.results import Results, TrialRow, aggregate, best_record, rank
     from orchestrator.sweep.state import SweepIndex, SweepInfo

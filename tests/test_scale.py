@@ -46,7 +46,7 @@ def test_lru_cache_is_bounded_in_entries_and_bytes() -> None:
     assert built == ["a", "b", "c", "b"]
     cache.get_or_build("big", lambda: build("big", 2000))  # larger than the bound: not kept
     assert len(cache) == 2
-    cache.get_or_build("d", lambda: build("d", 900))  # the byte bound evicts the others
+    cache.get_or_build("d", lambda: build("d", 950))  # the byte bound evicts the others
     assert len(cache) == 1
 
 

@@ -525,7 +525,7 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
 
 def test_short_keys_and_trial_names() -> None:
     """MLflow columns and run names read: the shortest unique dotted suffix of each path."""
-    from jobs.trial import short_keys, trial_label
+    from ambient_platform.config.naming import short_keys, trial_label
 
     keys = short_keys(
         ["data.corrupt.0.sigma_min", "data.corrupt.1.sigma_min", "data.corrupt.0.annotation.tau"]

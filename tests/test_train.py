@@ -175,3 +175,43 @@ def test_overwriting_a_checkpoint_is_atomic(tmp_path) -> None:
     save_checkpoint(tmp_path / "c", state, {"v": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     assert load_policy(tmp_path / "c", use_ema=False) is not None
+
+
+def test_device_auto_resolves_and_missing_cuda_is_a_config_error() -> None:
+    from ambient_core.device import resolve_device
+    from ambient_core.errors import ConfigError
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert TrainConfig(device="auto").device == want
+    assert str(resolve_device("AUTO")) == want
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device: 'cuda' asks for CUDA"):
+            TrainConfig(device="cuda")
+    with pytest.raises(ConfigError, match="train.device: 'gpu0' is not a torch device"):
+        resolve_device("gpu0")
+
+
+def test_nan_loss_names_its_step_before_any_evaluation() -> None:
+    state, data = _setup(steps=40, rounds=2)
+    model = state.policy.model
+    calls = {"n": 0}
+
+    def poisoned(*args: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = type(model).forward(model, *args)
+        return out * float("nan") if calls["n"] == 7 else out
+
+    model.forward = poisoned  # type: ignore[method-assign]
+    rec = Recorder()
+    with pytest.raises(FloatingPointError, match="at step 7"):
+        train(state, data, [rec])
+    assert rec.rounds == []  # the round at step 20 never saw the NaN weights
+
+
+def test_per_step_losses_stay_on_the_device_until_a_log_window_closes() -> None:
+    state, data = _setup(steps=10)
+    state.config.log_every = 5
+    rec = Recorder()
+    train(state, data, [rec])
+    assert [s for s, _ in rec.logs] == [5, 10]
+    assert all(m["steps_per_s"] > 0 and np.isfinite(m["loss"]) for _, m in rec.logs)

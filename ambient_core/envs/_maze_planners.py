@@ -319,6 +319,11 @@ def split_boxes(boxes: np.ndarray, max_side: float) -> np.ndarray:
     return np.asarray(out)
 
 
+def _vec(x: np.ndarray) -> Any:
+    """A float64 vector, typed loosely for pydrake's stubs."""
+    return np.asarray(x, dtype=np.float64)
+
+
 def plan_drake(
     env: MazeEnv,
     goals: np.ndarray,
@@ -341,14 +346,15 @@ def plan_drake(
     if max_side is not None:
         boxes = split_boxes(boxes, max_side)
     gcs = GcsTrajectoryOptimization(2)
-    sets = [HPolyhedron.MakeBox(b[:2], b[2:]) for b in boxes]
+    # pydrake's stubs want ndarray[float64] and list[ConvexSet]; the values are exactly that.
+    sets: Any = [HPolyhedron.MakeBox(b[:2], b[2:]) for b in boxes]
     regions = gcs.AddRegions(sets, _box_edges(boxes), order=3, name="free")
-    source = gcs.AddRegions([Point(env.start)], order=0, name="source")
+    source = gcs.AddRegions([Point(_vec(env.start))], order=0, name="source")
     src_edges = gcs.AddEdges(source, regions)
     src_edges.AddZeroDerivativeConstraints(1)
     gcs.AddTimeCost()
     gcs.AddPathLengthCost()
-    gcs.AddVelocityBounds(-env.v_max * np.ones(2), env.v_max * np.ones(2))
+    gcs.AddVelocityBounds(_vec(-env.v_max * np.ones(2)), _vec(env.v_max * np.ones(2)))
     gcs.AddPathContinuityConstraints(1)
     options = GraphOfConvexSetsOptions()
     options.convex_relaxation = True
@@ -361,7 +367,7 @@ def plan_drake(
     drake_log.setLevel(logging.WARNING)  # one INFO line per rounding step otherwise
     try:
         for goal in goals:
-            target = gcs.AddRegions([Point(goal)], order=0, name="target")
+            target = gcs.AddRegions([Point(_vec(goal))], order=0, name="target")
             tgt_edges = gcs.AddEdges(regions, target)
             tgt_edges.AddZeroDerivativeConstraints(1)
             traj, result = gcs.SolvePath(source, target, options)

@@ -227,7 +227,7 @@ class BinSortingEnv:
     @property
     def done(self) -> np.ndarray:
         """``(B,)`` bool: every block is in a bin (nothing can change any more)."""
-        return (self.bin_ids >= 0).all(axis=1)
+        return np.asarray((self.bin_ids >= 0).all(axis=1))
 
     def reset(self, n_envs: int, seed: int) -> np.ndarray:
         """Sample ``n_envs`` evaluation scenes (a seed stream separate from the demos')."""

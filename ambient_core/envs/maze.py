@@ -167,7 +167,7 @@ class MazeEnv:
     def in_collision(self, points: np.ndarray, padding: float = 0.0) -> np.ndarray:
         """(N,) bool: point inside a padded obstacle or within ``padding`` of the box walls."""
         pts = _as_points(points)
-        return _inside(pts, self.obstacles, padding, self.size, padding).any(axis=1)
+        return np.asarray(_inside(pts, self.obstacles, padding, self.size, padding).any(axis=1))
 
     def segment_collides(self, p: np.ndarray, q: np.ndarray, padding: float = 0.0) -> np.ndarray:
         """(M,) bool for segments p[i] -> q[i]: exact slab test against all padded rectangles.
@@ -251,7 +251,7 @@ def _inside(
 def _outside_box(pts: np.ndarray, size: float, padding: float) -> np.ndarray:
     """(N,) bool: strictly outside [padding, size - padding]^2 (1e-9 slack for round-off)."""
     tol = 1e-9
-    return ((pts < padding - tol) | (pts > size - padding + tol)).any(axis=1)
+    return np.asarray(((pts < padding - tol) | (pts > size - padding + tol)).any(axis=1))
 
 
 def _segments_hit_rects(p: np.ndarray, q: np.ndarray, rects: np.ndarray) -> np.ndarray:
@@ -288,12 +288,13 @@ def _merge_cells(xs: np.ndarray, ys: np.ndarray, rects: np.ndarray, swap: bool) 
         a_mid = np.full_like(b_mid, 0.5 * (a0 + a1))
         centres = np.stack([b_mid, a_mid] if swap else [a_mid, b_mid], axis=1)
         r = rects
-        hit = (
+        inside = (
             (centres[:, 0:1] > r[:, 0])
             & (centres[:, 0:1] < r[:, 2])
             & (centres[:, 1:2] > r[:, 1])
             & (centres[:, 1:2] < r[:, 3])
-        ).any(axis=1)
+        )
+        hit = np.asarray(inside.any(axis=1))
         j = 0
         while j < len(hit):
             if hit[j]:
@@ -523,7 +524,7 @@ def _rollout(
 def _over_limit(env: MazeEnv, paths: Sequence[np.ndarray], vel_tol: float) -> list[np.ndarray]:
     """Per path, per step: does any axis move more than ``v_max * dt * (1 + vel_tol)``."""
     limit = env.v_max * env.dt * (1.0 + vel_tol)
-    return [(np.abs(np.diff(p, axis=0)) > limit).any(axis=1) for p in paths]
+    return [np.asarray((np.abs(np.diff(p, axis=0)) > limit).any(axis=1)) for p in paths]
 
 
 def _any_over(env: MazeEnv, paths: Sequence[np.ndarray], vel_tol: float) -> np.ndarray:
@@ -639,13 +640,13 @@ class ExpertPolicy:
             if plan is not None:
                 on = np.flatnonzero(np.linalg.norm(plan - pos[i], axis=1) < 1e-5)
                 if on.size:
-                    where[i] = on[-1]
+                    where[i] = int(on[-1])
         redo = np.flatnonzero(where < 0)
         if redo.size:
             fresh = plan_builtin(self.env, goal[redo], starts=pos[redo])
-            for i, plan in zip(redo, fresh, strict=True):
-                self._plans[keys[i]] = plan
-                where[i] = 0
+            for r, plan in zip(redo, fresh, strict=True):
+                self._plans[keys[int(r)]] = plan
+                where[r] = 0
         out = np.empty((len(pos), self.n_exec, 2))
         for i, k in enumerate(keys):
             plan = self._plans[k]

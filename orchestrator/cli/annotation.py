@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from ambient_platform.config.annotation import DEFAULT_GRID
 from orchestrator.cli._app import common, main, print_json
 
 #: ``ambient watch --once`` exit codes (cron and Kubernetes tell the outcomes apart by them).
@@ -93,7 +92,7 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
 @click.option("--out", help="Annotation root (default .ambient/annotations/NAME); s3:// works.")
 @click.option(
     "--grid",
-    help=f"Comma-separated DDPM levels (default every 3rd level + 99: {len(DEFAULT_GRID)}).",
+    help="Comma-separated DDPM levels (default every 3rd level + 99: 34 levels).",
 )
 @click.option("--num-draws", type=int, default=4, show_default=True)
 @click.option(

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ambient_core.errors import SweepError
-from jobs.trial import PARAM_SPACE_KEY
+from ambient_platform.config.naming import PARAM_SPACE_KEY
 from orchestrator.sweep.state import sweep_started
 from orchestrator.sweep.status import sweep_best, sweep_status
 

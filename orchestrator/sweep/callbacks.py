@@ -14,10 +14,11 @@ from typing import Any
 from ray.tune import Callback
 from tqdm import tqdm
 
+from ambient_platform.config.naming import PARAM_SPACE_KEY, trial_label
 from ambient_platform.config.sweep import SEED_KEY
 from ambient_platform.storage import StorageRoot
 from ambient_platform.tracking import RunTracker
-from jobs.trial import PARAM_SPACE_KEY, close_run, find_trial_run, trial_label
+from jobs.trial import close_run, find_trial_run
 from orchestrator.sweep.results import fmt
 from orchestrator.sweep.state import SweepIndex, SweepInfo
 

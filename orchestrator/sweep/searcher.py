@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from ambient_platform.config.naming import PARAM_SPACE_KEY
 from ambient_platform.config.sweep import (
     MAX_RESAMPLES,
     SEED_KEY,
@@ -21,7 +22,6 @@ from ambient_platform.config.sweep import (
     Sweep,
     optuna_storage_path,
 )
-from jobs.trial import PARAM_SPACE_KEY
 
 logger = logging.getLogger(__name__)
 

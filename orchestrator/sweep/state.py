@@ -21,10 +21,10 @@ from typing import Any
 
 from ambient_core.envs.registry import get_task
 from ambient_core.errors import SweepError
+from ambient_platform.config.naming import short_keys
 from ambient_platform.config.sweep import Sweep
 from ambient_platform.settings import ambient_home
 from ambient_platform.storage import StorageRoot
-from jobs.trial import short_keys
 
 STATE_FILE = "ambient_sweep.json"
 INDEX_FILE = "ambient_index.json"
