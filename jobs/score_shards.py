@@ -6,7 +6,8 @@ episode exactly as training chunks it and scores it) -> the driver receives each
 as they stream in and hands a complete shard to ``on_shard``. Streaming keeps memory flat in
 the dataset size: an actor holds one shard at a time. (``read_parquet`` packs many small files
 into one block, so results arrived in bursts and a crash lost whole bursts; one block per shard
-keeps commits per shard.)
+keeps commits per shard.) The actor class lives in ``jobs.curve_annotator``, which imports
+no planning code, so an actor's start is torch + classifier load only.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -161,6 +162,18 @@ class _Clock:
 # Stages
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _data(paths: DemoPaths) -> None:
     out = resolve_location(paths.data)
     if StorageRoot(f"{out}/corrupt").exists("meta.json"):
@@ -188,7 +201,8 @@ def _classifier(paths: DemoPaths, uri: str) -> None:
         seed=paths.seed,
         experiment="demo",
     )
-    res = run_classifier_training(cfg, tracking_uri=uri)
+    with _torch_threads(1):  # one thread: several spin-waiting ones cost more CPU than they save
+        res = run_classifier_training(cfg, tracking_uri=uri)
     last = res["history"][-1]
     logger.info(
         "classifier: accuracy %.2f (sigma 0-0.1: %.2f, 0.9-1: %.2f)",
@@ -228,9 +242,7 @@ def spec_overrides(paths: DemoPaths) -> list[str]:
 
     def swap(v: Any) -> Any:
         if isinstance(v, str):
-            return v.replace(f"/{PREFIX}/", f"/{paths.name}/").replace(
-                f"/{PREFIX}", f"/{paths.name}"
-            )
+            return re.sub(rf"/{re.escape(PREFIX)}(?=/|$)", f"/{paths.name}", v)
         if isinstance(v, list):
             return [swap(x) for x in v]
         if isinstance(v, dict):
@@ -282,7 +294,8 @@ def method_name(ref: Mapping[str, Any] | None) -> str:
         return "co-training"
     parts = []
     if ann is not None:
-        parts.append(f"annotated sigma_min, tau={ann.get('tau', 0.45)}")
+        per = ann.get("granularity", "chunk")
+        parts.append(f"annotated sigma_min per {per}, tau={ann.get('tau', 0.45)}")
     elif smin > 0:
         parts.append(f"sigma_min={smin:g}")
     if smax > 0:
