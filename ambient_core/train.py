@@ -3,6 +3,12 @@
 No tracking code lives here: metrics leave through ``Callback.on_log`` and evaluation rounds
 through ``Callback.on_round_end`` (which may ask to stop, e.g. for ASHA). jobs/ wires callbacks to
 MLflow and Ray Tune.
+
+One loop for every device (``TrainConfig.device``: ``cpu``, ``cuda[:i]`` or ``auto``): batches are
+gathered where the weights live (``ChunkDataset.torch_batch``), the host only draws levels and
+chunk ids, and losses are read back once per logging window or round end, never per step, so a
+GPU is not stalled by the host inside a window. On the CPU the step is compute-bound in the
+U-Net's convolutions (``benchmarks/train_speed.py`` prints the split per phase).
 """
 
 from __future__ import annotations
