@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from ambient_platform.tracking import (
     ensure_experiment,
     retry_locked,
 )
+from jobs.worker_cache import record_phase
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +340,10 @@ def _trial_config(ctx: TrialContext, point: Mapping[str, Any], seed: int) -> Run
         run_name=trial_label(point, ctx.labels, seed),
     )
     data["output_dir"] = ctx.runs_dir
-    return RunConfig.model_validate(data)
+    t0 = time.perf_counter()
+    cfg = RunConfig.model_validate(data)
+    record_phase("config", time.perf_counter() - t0)  # logged as time/config_s with the run
+    return cfg
 
 
 def _restore(ctx: TrialContext, trial_id: str, work: Path) -> _Restored:

@@ -107,18 +107,26 @@ def _check_start(sweep: Sweep, path: str, info: SweepInfo | None, resume: bool) 
 
 
 def _effective_concurrency(sweep: Sweep, ray: Any) -> int:
-    """max_concurrent, capped by the cluster: one torch thread per trial, never more trials
-    than CPUs (the 2-CPU deadlock of ENVIRONMENT.md) and never a GPU request that cannot fit."""
+    """The number of trials run at once.
+
+    On a cluster this process joined (``--ray-address``), ``max_concurrent`` as asked: the
+    pending trials' resource requests are what makes an autoscaler add workers, so a cap from
+    the resources present at start would run an elastic cluster one trial at a time.
+    On a local node this process started, capped by its CPUs and GPUs: one torch thread per
+    trial, never more trials than CPUs (the 2-CPU deadlock of ENVIRONMENT.md)."""
+    if os.environ.get("RAY_ADDRESS"):
+        _wait_for_capacity(sweep, ray)
+        return sweep.spec.max_concurrent
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
     r = sweep.spec.resources
     if r.gpu > gpus:
         raise SweepError(
-            f"resources.gpu = {r.gpu} but the Ray cluster has {gpus:g} GPUs: trials would wait "
-            "forever"
+            f"resources.gpu = {r.gpu} but this machine's Ray has {gpus:g} GPUs: trials would "
+            "wait forever (join a GPU cluster with --ray-address, or set resources.gpu=0)"
         )
     if r.cpu > cpus:
-        raise SweepError(f"resources.cpu = {r.cpu} but the Ray cluster has {cpus:g} CPUs")
+        raise SweepError(f"resources.cpu = {r.cpu} but this machine's Ray has {cpus:g} CPUs")
     cap = min(int(cpus), int(cpus // r.cpu))
     if r.gpu > 0:
         cap = min(cap, int(gpus // r.gpu))
@@ -128,6 +136,34 @@ def _effective_concurrency(sweep: Sweep, ray: Any) -> int:
             "max_concurrent %d capped to %d by the cluster", sweep.spec.max_concurrent, n
         )
     return n
+
+
+def _wait_for_capacity(sweep: Sweep, ray: Any) -> None:
+    """Ask the autoscaler for room for ``max_concurrent`` trials, then wait (bounded by
+    ``AMBIENT_NODE_WAIT_S``, default 900 s) until the cluster can hold at least one trial:
+    a cluster whose workers scale from zero has no CPU or GPU at submit time."""
+    r = sweep.spec.resources
+    bundle = {"CPU": float(r.cpu), **({"GPU": float(r.gpu)} if r.gpu > 0 else {})}
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[bundle] * sweep.spec.max_concurrent)
+    deadline = time.monotonic() + float(os.environ.get("AMBIENT_NODE_WAIT_S", "900"))
+    next_note = 0.0
+    while True:
+        res = ray.cluster_resources()
+        if all(float(res.get(k, 0.0)) >= v for k, v in bundle.items()):
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise SweepError(
+                f"the Ray cluster never offered {bundle} for one trial (has "
+                f"{ {k: res.get(k, 0.0) for k in bundle} }); check its worker groups and "
+                "autoscaler, or raise AMBIENT_NODE_WAIT_S"
+            )
+        if now >= next_note:
+            logger.info("waiting for the cluster to add a node with %s for a trial", bundle)
+            next_note = now + 30.0
+        time.sleep(2.0)
 
 
 def _parent_params(sweep: Sweep, concurrency: int, trials: int) -> dict[str, Any]:
