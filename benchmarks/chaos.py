@@ -589,7 +589,8 @@ def attempt(target: Target, i: int, expected: float, a: argparse.Namespace) -> d
     bad += [f"orphans after recovery: {o}" for o in lab.settle(a.grace)]
     rec = {"attempt": i, "window_s": round(expected, 1), "draw_s": round(at, 2), "scope": scope}
     rec |= {**kill, "rc": rc}
-    rec |= {"state": state, "recovery": steps, "recovered": not failed, "violations": bad}
+    done = not any(f.startswith("not recovered") for f in failed)
+    rec |= {"state": state, "recovery": steps, "recovered": done, "violations": bad}
     rec["wall_s"] = round(time.monotonic() - job.t0, 1)
     log.info("%s #%d: %s", target.name, i, json.dumps(rec))
     return rec
@@ -704,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)  # also when started with SIGINT ignored (`cmd &`)
     try:
         chaos(a, lab, report)
     except KeyboardInterrupt:

@@ -102,6 +102,9 @@ class _TreeCpu:
     between two readings are still counted (psutil ships with Ray)."""
 
     def __init__(self, every_s: float = 1.0) -> None:
+        import psutil  # ImportError: the caller goes without CPU times
+
+        self.psutil = psutil
         self.seen: dict[tuple[int, float], float] = {}  # (pid, create_time) -> cpu seconds
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -110,15 +113,13 @@ class _TreeCpu:
         self.thread.start()
 
     def _poll(self) -> None:
-        import psutil
-
-        me = psutil.Process()
+        me = self.psutil.Process()
         for p in [me, *me.children(recursive=True)]:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
                     key = (p.pid, p.create_time())
-            except psutil.Error:
+            except self.psutil.Error:
                 continue
             with self.lock:
                 self.seen[key] = t.user + t.system

@@ -2,7 +2,8 @@
 random moment, recover them through the `ambient` CLI, and find no violated invariant.
 
 `benchmarks/chaos.py --kills 20` is the full run (also the sweep driver and a trial worker);
-this keeps its machinery honest on every `make test` in about a minute and a half on 2 cores.
+this keeps its machinery honest on every `make test` (2.7 min measured on 2 cores shared with
+other work at load 4; most of it is CLI imports and four Ray start-ups).
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("annotator", "watcher")
 
 
-@pytest.mark.timeout(450)  # about 90 s on a quiet 2-core machine; slack for a loaded one
+@pytest.mark.timeout(450)  # slack for a loaded machine (5 min measured at load 13)
 def test_short_chaos_run_recovers_without_violations(tmp_path: Path) -> None:
-    # Seed 1 kills the annotator's whole session at 7.5 s and the watcher's PID at 12 s into
-    # a 20 s window: both land while the command still runs (CLI, Ray start, scoring).
+    # Seed 14 kills the annotator's PID 13.5 s and the watcher's whole session 10.7 s into a
+    # 30 s window: both land while the command still runs (CLI start, Ray start, scoring).
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "chaos.py"),
         "--small",
         "--kills=1",
-        "--seed=1",
+        "--seed=14",
         f"--targets={','.join(TARGETS)}",
-        "--durations=annotator=20,watcher=20",
+        "--durations=annotator=30,watcher=30",
+        "--grace=60",  # Ray's agents may take ~30 s to notice a dead driver on a busy machine
         "--timeout=240",
         f"--work={tmp_path}",
     ]

@@ -35,7 +35,7 @@ def test_the_demo_spec_puts_cotraining_and_ambient_in_one_grid_with_two_seeds() 
         "ambient (annotated sigma_min per dataset, tau=0.45, sigma_max=0.4616)",
     ]
     assert len(s.spec.seeds) >= 2 and s.metric == "success" and s.task == "bin_sorting"
-    assert s.trial_count() == 4
+    assert s.trial_count() == 6
 
 
 def test_another_data_seed_gets_its_own_locations() -> None:

@@ -22,7 +22,8 @@ def short_keys(paths: Iterable[str]) -> dict[str, str]:
     """Shortest unique dotted suffix of each swept path (``data.corrupt.0.annotation.tau`` ->
     ``tau``; two ``sigma_min`` leaves keep one more segment each), so MLflow columns read."""
     paths = list(paths)
-    depth = dict.fromkeys(paths, 1)
+    # A list index alone says nothing (``data.corrupt.0`` -> ``corrupt.0``, not ``0``).
+    depth = {p: 2 if p.rsplit(".", 1)[-1].isdigit() and "." in p else 1 for p in paths}
     for _ in range(max((p.count(".") for p in paths), default=0) + 1):
         keys = {p: ".".join(p.split(".")[-depth[p] :]) for p in paths}
         clash = {p for p in paths if list(keys.values()).count(keys[p]) > 1}
@@ -34,7 +35,10 @@ def short_keys(paths: Iterable[str]) -> dict[str, str]:
 
 
 def format_value(v: Any) -> str:
-    """A parameter value as people write it: 0.074, chunk, [16,32] (no quotes)."""
+    """A parameter value as people write it: 0.074, chunk, [16,32] (no quotes); a swept block
+    (a dict, e.g. a whole ``data.corrupt.0`` entry) by its ``name`` when it has one."""
+    if isinstance(v, Mapping) and isinstance(v.get("name"), str):
+        return str(v["name"])
     if isinstance(v, bool) or v is None:
         return str(v).lower()
     if isinstance(v, float):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.trial import format_value
+from ambient_platform.config.naming import format_value
 from orchestrator.sweep.results import ConfigStats, Results
 from orchestrator.sweep.state import SMOOTHNESS
 from orchestrator.sweep.stats import Importance, pareto_front

@@ -11,7 +11,7 @@ import html
 import math
 from dataclasses import dataclass
 
-from jobs.trial import format_value
+from ambient_platform.config.naming import format_value
 from orchestrator.sweep.figures import LOWER_IS_BETTER, param_axis
 from orchestrator.sweep.results import Results, TrialRow
 from orchestrator.sweep.state import SMOOTHNESS

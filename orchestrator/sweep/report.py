@@ -24,8 +24,9 @@ import numpy as np
 from ambient_core.errors import SweepError
 from ambient_platform.config import RunConfig
 from ambient_platform.config.base import set_path
+from ambient_platform.config.naming import format_value
 from ambient_platform.tracking import RunTracker, scratch_dir
-from jobs.trial import AnnotationCurves, annotation_curves, derived_sigma_min, format_value
+from jobs.trial import AnnotationCurves, annotation_curves, derived_sigma_min
 from orchestrator.sweep import figures
 from orchestrator.sweep.parcoords import parcoords_svg
 from orchestrator.sweep.results import ConfigStats, Results, build_results, fmt, write_tables

@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from ambient_platform.config.base import set_path
+from ambient_platform.config.naming import format_value, trial_label
 from ambient_platform.tracking import RunTracker, retry_locked
-from jobs.trial import POINT_TAG, format_value, trial_label
+from jobs.trial import POINT_TAG
 from orchestrator.sweep.state import SweepInfo
 from orchestrator.sweep.stats import Interval, t_interval, welch_p
 
