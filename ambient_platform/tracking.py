@@ -87,6 +87,25 @@ def describe_experiment(uri: str, name: str, text: str) -> None:
     retry_locked(client.set_experiment_tag, exp_id, NOTE_TAG, text)
 
 
+def close_abandoned_runs(uri: str, experiment: str, tag: str, value: str, reason: str) -> int:
+    """End as KILLED every RUNNING run of ``experiment`` whose ``tag`` is ``value``.
+
+    For writers that hold a lease on what the tag names (an annotation root): while this
+    process holds it, a RUNNING run of the same root belongs to a holder that was killed
+    (``kill -9`` leaves no chance to end its run), so it would otherwise stay RUNNING forever.
+    """
+    client = _client(uri)
+    exp = retry_locked(client.get_experiment_by_name, experiment)
+    if exp is None:
+        return 0
+    query = f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'"
+    runs = retry_locked(client.search_runs, [exp.experiment_id], filter_string=query)
+    for run in runs:
+        retry_locked(client.set_tag, run.info.run_id, "error", reason)
+        retry_locked(client.set_terminated, run.info.run_id, "KILLED")
+    return len(runs)
+
+
 def _is_secret(key: str) -> bool:
     k = key.lower()
     return any(m in k for m in SECRET_MARKERS)

@@ -41,7 +41,12 @@ from ambient_platform.manifest import (
 )
 from ambient_platform.settings import configure_environment
 from ambient_platform.storage import LeaseKeeper, StorageRoot
-from ambient_platform.tracking import RunTracker, resolve_tracking_uri, scratch_dir
+from ambient_platform.tracking import (
+    RunTracker,
+    close_abandoned_runs,
+    resolve_tracking_uri,
+    scratch_dir,
+)
 from jobs.annotation_plan import (
     LEASE_KEY,
     Plan,
@@ -60,6 +65,8 @@ from jobs.score_shards import execute
 logger = logging.getLogger(__name__)
 
 LEASE_TTL_S = 600.0
+#: Tag naming the annotation root an annotation run writes (one live run per root, by lease).
+ROOT_TAG = "ambient.annotation_root"
 
 
 def annotate(
@@ -86,7 +93,10 @@ def annotate(
         tracker = None
         if track:
             uri = resolve_tracking_uri(tracking_uri)
-            tags = {"kind": "annotation"}
+            tags = {"kind": "annotation", ROOT_TAG: root.uri}
+            close_abandoned_runs(
+                uri, cfg.experiment, ROOT_TAG, root.uri, "abandoned: its annotate was killed"
+            )
             tracker = RunTracker.start(uri, cfg.experiment, f"annotate-{cfg.name}", tags=tags)
         with tracker.active() if tracker is not None else contextlib.nullcontext():
             manifest, summary = run.execute(readable, ray_address)

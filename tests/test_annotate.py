@@ -154,10 +154,12 @@ def test_kill_dash_nine_then_rerun_annotates_each_row_once(
     write_dataset(StorageRoot(data), corrupt, "corrupt", "maze", shard_episodes=1)
     out = tmp_path / "ann"
     cfg = _cfg([data], maze_data["clf"], str(out), grid_levels=SLOW_GRID, num_draws=8)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = (
         "from jobs.annotate import annotate; "
         "from ambient_platform.config.annotation import AnnotateConfig; "
-        f"annotate(AnnotateConfig.model_validate_json({cfg.model_dump_json()!r}), track=False)"
+        f"annotate(AnnotateConfig.model_validate_json({cfg.model_dump_json()!r}), "
+        f"tracking_uri={uri!r})"
     )
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-k9-")}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
@@ -177,7 +179,12 @@ def test_kill_dash_nine_then_rerun_annotates_each_row_once(
     markers = root.list("done/")
     assert markers and latest_manifest(root) == (0, None)  # died mid-job, nothing committed
     with caplog.at_level(logging.INFO, logger="jobs.annotate"):
-        res = annotate(cfg, track=False)
+        res = annotate(cfg, tracking_uri=uri)
+    # The killed run does not stay RUNNING: the next holder of the lease ends it as KILLED.
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name(cfg.experiment).experiment_id]
+    )
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     assert res["shards_resumed"] == len(markers)
     assert res["shards_annotated"] == N_SHARDS - len(markers)
     # Issue 11 item 5: resumed shards were also counted as "already annotated".
