@@ -18,6 +18,7 @@ test: setup
 	@mkdir -p .work
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 	$(PY) -m pytest --basetemp=.work/pytest $(PYTEST_ARGS)
 
 demo: setup
