@@ -472,6 +472,12 @@ def reproduce(
             f"run; rates in %, mean ± std over seeds. Wall time {wall / 60:.1f} min with "
             f"{workers} workers."
         )
+        if any(k.startswith("violations_") for k in metrics):
+            md += (
+                " violations_chunk_start / _within_chunk: steps over the strict speed limit "
+                "per rollout at the first action of a chunk / later in it; success_rate_v110 / "
+                "_v120: success with the speed check at 1.10 / 1.20 x v_max."
+            )
         claims = claims_markdown(spec, rows, per_row)
         if claims:
             md += "\n\n" + claims

@@ -20,6 +20,7 @@ from ambient_core.envs.bin_sorting import (
     BinSortingEnv,
     ScriptedPolicy,
 )
+from ambient_core.envs.bin_sorting_plots import plot_rollouts
 
 CFG = DEFAULT_CONFIG
 
@@ -260,9 +261,9 @@ def test_more_blocks_still_sortable() -> None:
 
 def test_plot_rollouts_writes_png(tmp_path: Path) -> None:
     _, rollouts = bs.evaluate(ScriptedPolicy("opposite"), n_episodes=6, seed=0)
-    out = bs.plot_rollouts(rollouts, tmp_path / "sub" / "rollouts.png", title="opposite")
+    out = plot_rollouts(rollouts, tmp_path / "sub" / "rollouts.png", title="opposite")
     assert out.exists() and out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     clean, _ = bs.generate(2, 0, seed=0)
-    demo_png = bs.plot_rollouts(bs.replay(clean), tmp_path / "demos.png")
+    demo_png = plot_rollouts(bs.replay(clean), tmp_path / "demos.png")
     assert demo_png.stat().st_size > 1000

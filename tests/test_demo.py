@@ -14,8 +14,9 @@ from orchestrator.demo import (
     verdict,
 )
 
-COT = {"sigma_max": 0.0, "path": "data/bin-sorting-demo/corrupt"}
+COT = {"name": "co-training", "sigma_max": 0.0, "path": "data/bin-sorting-demo/corrupt"}
 AMB = {
+    "name": "ambient",
     "sigma_max": 0.4616,
     "annotation": {
         "path": "annotations/bin-sorting-demo",

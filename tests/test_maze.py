@@ -15,14 +15,13 @@ from ambient_core.envs.maze import (
     MazeEnv,
     RRTTree,
     drake_available,
-    evaluate,
     generate,
     make_episode,
-    mean_sq_accel,
     plan_clean,
     plot_dataset,
     plot_rollouts,
 )
+from ambient_core.envs.maze_eval import evaluate, mean_sq_accel
 
 STEP_TOL = 1e-6
 

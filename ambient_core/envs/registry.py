@@ -33,7 +33,7 @@ class Task:
 
 
 def _maze() -> Task:
-    from ambient_core.envs import maze
+    from ambient_core.envs import maze, maze_eval
 
     env = maze.MazeEnv()
 
@@ -42,7 +42,7 @@ def _maze() -> Task:
 
     def evaluate(policy: ChunkPolicy, n: int, seed: int, max_steps: int | None) -> EvalResult:
         goals = env.sample_goals(n, np.random.default_rng(seed))
-        m = maze.evaluate(env, policy, goals, max_steps=max_steps or 300)
+        m = maze_eval.evaluate(env, policy, goals, max_steps=max_steps or 300)
 
         def plot(path: Path) -> None:
             maze.plot_rollouts(env, m.trajectories, goals, m.success, path)
@@ -57,7 +57,7 @@ def _maze() -> Task:
         ("observation.state", "observation.goal"),
         2,
         "success_rate",
-        tuple(m for m in maze.METRIC_NAMES if m != "n"),
+        tuple(m for m in maze_eval.METRIC_NAMES if m != "n"),
         generate,
         evaluate,
         plot_dataset,
@@ -66,6 +66,7 @@ def _maze() -> Task:
 
 def _bin_sorting() -> Task:
     from ambient_core.envs import bin_sorting as bs
+    from ambient_core.envs.bin_sorting_plots import plot_rollouts
 
     def generate(n_clean: int, n_corrupt: int, seed: int) -> tuple[list[Episode], list[Episode]]:
         return bs.generate(n_clean, n_corrupt, seed)
@@ -74,12 +75,12 @@ def _bin_sorting() -> Task:
         m, roll = bs.evaluate(policy, n, seed, max_steps=max_steps or 200)
 
         def plot(path: Path) -> None:
-            bs.plot_rollouts(roll, path)
+            plot_rollouts(roll, path)
 
         return EvalResult(m.as_dict(), plot)
 
     def plot_dataset(clean: list[Episode], corrupt: list[Episode], path: Path) -> None:
-        bs.plot_rollouts(bs.replay(clean[:8] + corrupt[:8]), path, title="8 clean + 8 corrupt")
+        plot_rollouts(bs.replay(clean[:8] + corrupt[:8]), path, title="8 clean + 8 corrupt")
 
     return Task(
         "bin_sorting",
@@ -96,12 +97,13 @@ def _bin_sorting() -> Task:
 def _bin_sorting_pixels() -> Task:
     from ambient_core.envs import bin_sorting as bs
     from ambient_core.envs import bin_sorting_pixels as px
+    from ambient_core.envs.bin_sorting_plots import plot_rollouts
 
     def evaluate(policy: ChunkPolicy, n: int, seed: int, max_steps: int | None) -> EvalResult:
         m, roll = px.evaluate(policy, n, seed, max_steps=max_steps or 200)
 
         def plot(path: Path) -> None:
-            bs.plot_rollouts(roll, path)
+            plot_rollouts(roll, path)
 
         return EvalResult(m.as_dict(), plot)
 
@@ -110,7 +112,7 @@ def _bin_sorting_pixels() -> Task:
             {bs.STATE_KEY: ep[px.ENV_STATE_KEY], bs.ACTION_KEY: ep[bs.ACTION_KEY]}
             for ep in clean[:8] + corrupt[:8]
         ]
-        bs.plot_rollouts(bs.replay(eps), path, title="8 clean + 8 corrupt")
+        plot_rollouts(bs.replay(eps), path, title="8 clean + 8 corrupt")
 
     return Task(
         "bin_sorting_pixels",
