@@ -44,6 +44,7 @@ from ambient_platform.tracking import (
     ensure_experiment,
     retry_locked,
 )
+from jobs.annotated_data import sigma_min_rule
 from jobs.worker_cache import record_phase
 
 logger = logging.getLogger(__name__)
@@ -184,19 +185,12 @@ def annotation_curves(ref: DatasetRef) -> AnnotationCurves:
 
 def derived_sigma_min(ref: DatasetRef, curves: AnnotationCurves, seed: int) -> np.ndarray:
     """sigma_min per annotated frame under the reference's tau / granularity (no classifier)."""
-    from ambient_core.classifier import SigmaMinRule, derive_sigma_min
+    from ambient_core.classifier import derive_sigma_min
 
     ann = ref.annotation
     if ann is None:
         raise ValueError(f"{ref.path} has no annotation")
-    rule = SigmaMinRule(
-        tau=ann.tau,
-        granularity=ann.granularity,
-        n_buckets=ann.n_buckets,
-        bucket_mode=ann.bucket_mode,
-        smoothing=ann.smoothing,
-        seed=seed,
-    )
+    rule = sigma_min_rule(ann, seed)
     return derive_sigma_min(curves.curves, curves.grid_sigmas, rule, groups=curves.episodes)
 
 
