@@ -57,12 +57,12 @@ from chaos_checks import (  # the sibling module: this script runs as a file
     sweep_violations,
 )
 
+from ambient_platform.settings import QUIET_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "AMBIENT_CHAOS_RUN"
 TARGETS = ("driver", "worker", "annotator", "watcher")
-QUIET = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "true",
-         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-         "PYTHONUNBUFFERED": "1"}  # fmt: skip
+QUIET = QUIET_ENV | {"PYTHONUNBUFFERED": "1"}  # the platform's quiet defaults
 _cli = Path(sys.executable).with_name("ambient")
 AMBIENT = [str(_cli)] if _cli.exists() else [sys.executable, "-m", "orchestrator.cli"]
 Steps = list[list[Any]]  # recovery steps: [command, exit status, seconds]
