@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ambient_platform.config.sweep import load_sweep
 from orchestrator.demo import (
@@ -81,3 +82,19 @@ def test_verdict_compares_the_worst_ambient_seed_with_the_best_cotraining_seed()
     close = {"trials": [_trial(COT, 0, 0.50, 0.9), _trial(AMB, 0, 0.45, 0.9)]}
     assert verdict(method_table(close)).endswith("not separated")
     assert verdict(method_table({"trials": []})).startswith("no verdict")
+
+
+def test_swept_dataset_entries_must_have_distinct_names(tmp_path: Path) -> None:
+    """Two entries shown by the same name would merge into one row and one x position."""
+    import pytest
+    import yaml
+
+    from ambient_core.errors import ConfigError
+
+    body = yaml.safe_load(SPEC.read_text())
+    body["base_config"] = str(SPEC.parent / body["base_config"])
+    body["space"]["data.corrupt.0"]["grid"][1]["name"] = "co-training"
+    spec = tmp_path / "dup.yaml"
+    spec.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match=r"space\.data\.corrupt\.0\.grid: values 0 and 1 both"):
+        load_sweep(spec)

@@ -397,3 +397,48 @@ def test_report_from_synthetic_results(tmp_path: Path) -> None:
     assert data["configs"][1]["data.corrupt.0.sigma_min"] == 0.0737
     assert data["configs"][1]["tied_with_top"] and "not separable" in data["verdict"]
     assert report.index.read_text().count("<tr") == 1 + 8 + 1 + 24  # ranking, trials
+
+
+def test_annotation_figures_when_only_a_swept_value_has_the_annotation(
+    swept: dict[str, Any], tmp_path: Path
+) -> None:
+    """The demo sweeps a whole corrupt dataset (co-training vs annotation-driven ambient): the
+    base config has no annotation, the classifier figures must still come from the trial's."""
+    import copy
+    import dataclasses
+
+    from orchestrator.sweep.report import _annotation_figures
+    from orchestrator.sweep.results import Results, TrialRow, aggregate, best_record, rank
+    from orchestrator.sweep.state import sweeps_of_spec
+
+    info = sweeps_of_spec(swept["storage"], str(swept["spec"]))[0]
+    base = copy.deepcopy(info.base)
+    with_ann = copy.deepcopy(base["data"]["corrupt"][0])
+    base["data"]["corrupt"][0].pop("annotation")
+    plain = copy.deepcopy(base["data"]["corrupt"][0])
+    path = "data.corrupt.0"
+    info = dataclasses.replace(info, base=base, paths=[path], labels={path: "corrupt.0"}, seeds=[0])
+    rows = [
+        TrialRow(
+            f"r{i}",
+            f"r{i}",
+            f"r{i}",
+            "FINISHED",
+            "finished",
+            {path: ref},
+            0,
+            1,
+            True,
+            {METRIC: float(i)},
+            1.0,
+        )  # fmt: skip
+        for i, ref in enumerate([plain, with_ann])
+    ]
+    ranking = rank(info, aggregate(info, rows))
+    res = Results(info, rows, aggregate(info, rows), ranking, best_record(info, ranking), {})
+    notes: list[str] = []
+    figs = _annotation_figures(res, tmp_path, notes)
+    assert {f.file.name for f in figs} == {
+        "classifier_p_clean_vs_sigma.png",
+        "sigma_min_distribution.png",
+    }, notes

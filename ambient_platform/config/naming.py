@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ambient_platform.config.sweep import SEED_KEY
-
+#: The trial config's seed key (a sweep's `seeds` are not part of its space).
+SEED_KEY = "seed"
 #: Tune config key of a trial's point: {dotted path: value, ..., "seed": s}.
 PARAM_SPACE_KEY = "trial"
 

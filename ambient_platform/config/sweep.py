@@ -40,6 +40,7 @@ from ambient_platform.config.base import (
     set_path,
     validate,
 )
+from ambient_platform.config.naming import SEED_KEY, format_value
 from ambient_platform.config.run import RunConfig
 from ambient_platform.config.space import PATH_RE, Constraint, OptunaSpace, SpaceEntry
 from ambient_platform.settings import resolve_location
@@ -60,7 +61,6 @@ __all__ = [
     "set_path",
 ]
 
-SEED_KEY = "seed"
 #: Reported by every trial besides its task's evaluation metrics: the last training loss.
 EXTRA_METRICS = ("train_loss",)
 MAX_RESAMPLES = 1000
@@ -421,6 +421,7 @@ def _check_space(spec: SweepSpec, base: dict[str, Any], source: str) -> None:
             raise _fail(
                 source, f"space.{p}", f"not a path of the base run config ({exc})"
             ) from None
+        _check_labels(entry, p, source)
         for v in entry.edge_values():
             probe = copy.deepcopy(base)
             set_path(probe, p, v)
@@ -434,6 +435,22 @@ def _check_space(spec: SweepSpec, base: dict[str, Any], source: str) -> None:
                     raise _fail(
                         source, f"space.{p}", f"value {v!r} is invalid: {own[0]['msg']}"
                     ) from None
+
+
+def _check_labels(entry: SpaceEntry, path: str, source: str) -> None:
+    """Two values shown alike would merge in run names, tables and figures (a whole dataset
+    entry is shown by its ``name``)."""
+    seen: dict[str, int] = {}
+    for i, v in enumerate(entry.values or []):
+        label = format_value(v)
+        if label in seen:
+            raise _fail(
+                source,
+                f"space.{path}.{entry.kind}",
+                f"values {seen[label]} and {i} both read {label!r} in run names and the report; "
+                "drop the duplicate or give each entry its own 'name'",
+            )
+        seen[label] = i
 
 
 def _parse_constraints(spec: SweepSpec, base: dict[str, Any], source: str) -> list[Constraint]:

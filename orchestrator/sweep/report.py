@@ -78,7 +78,7 @@ def _trial_config(info: SweepInfo, params: dict[str, Any]) -> RunConfig:
 def _annotation_figures(results: Results, d: Path, notes: list[str]) -> list[Figure]:
     """Classifier P(clean) vs sigma with tau, and the derived sigma_min per configuration."""
     info = results.info
-    if not info.base or not any(r.get("annotation") for r in info.base["data"]["corrupt"]):
+    if not info.base:
         return []
     cache: dict[tuple[Any, ...], AnnotationCurves] = {}
     taus: dict[tuple[Any, ...], list[float]] = {}
