@@ -1,17 +1,23 @@
 """Import LeRobot (v2.x, v3.0) datasets and diffusion_policy zarr replay buffers.
 
-Why: most public low-dim demonstrations ship in one of these two layouts, and the platform only
-trains on its own (Parquet shards + meta.json, see ``ambient_platform.datasets``). Importers map
-THEIR columns onto OUR feature names, flatten every feature to (L, D) float32, reject what training
+Why: most public demonstrations ship in one of these two layouts. Importers map THEIR columns
+onto OUR feature names, flatten every low-dim feature to (L, D) float32, reject what training
 would silently choke on (missing columns, NaN/inf, frame gaps, truncated downloads) with a
-message naming the file, column and episode, re-index episodes to 0..E-1 (the original ids are
-kept in meta.json as ``source_episode_index``) and then write through ``write_dataset``.
+message naming the file, column and episode, and re-index episodes to 0..E-1 (the original ids
+are kept as ``source_episode_index``). Low-dim data is written in our layout (Parquet shards +
+meta.json, ``write_dataset``). Cameras are kept: a source with cameras (zarr ``(N, H, W, 3)``
+uint8 arrays, LeRobot v2.x videos or images) is written as a LeRobot v3 dataset with MP4 videos
+(``jobs.import_cameras``), which every reader here takes in place. A LeRobot v3 source with
+cameras is not copied at all: it is read in place (``--low-dim-only`` imports its low-dim
+columns alone).
 
 Examples (the CLI is ``ambient data import``)::
 
     ambient data import lerobot PATH --out DIR \\
         --map observation.goal=observation.environment_state
     ambient data import zarr pusht_cchi_v7_replay.zarr --out s3://bucket/pusht
+
+The zarr importer is ``jobs.import_zarr`` (it shares this module's checks).
 """
 
 from __future__ import annotations
@@ -34,16 +40,22 @@ from ambient_core.data import INDEX_COLUMNS, DataError, episode_bounds
 from ambient_core.envs.base import Episode
 from ambient_platform.datasets import META_FILE, write_dataset
 from ambient_platform.storage import StorageRoot, validate_name
+from jobs.import_cameras import (
+    CameraEpisode,
+    camera_result,
+    check_camera_names,
+    v2_camera_loaders,
+    whole_fps,
+    write_with_cameras,
+)
 
-__all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "import_zarr", "parse_mapping"]
+__all__ = ["LEROBOT_DEFAULTS", "import_lerobot", "parse_mapping"]
 
 log = logging.getLogger(__name__)
 
 #: OUR feature name -> THEIR LeRobot column, used unless ``features`` overrides or drops it.
 LEROBOT_DEFAULTS: dict[str, str] = {"observation.state": "observation.state", "action": "action"}
-#: Candidates for OUR ``observation.state`` in a zarr replay buffer, first present wins.
-ZARR_STATE_KEYS: tuple[str, ...] = ("state", "agent_pos")
-#: LeRobot dtypes that hold pixels; we are low-dim only, so these are skipped.
+#: LeRobot dtypes that hold pixels (cameras).
 PIXEL_DTYPES = frozenset({"video", "image"})
 SUPPORTED_LEROBOT = ("v2.0", "v2.1", "v3.0")
 _RESERVED = frozenset({*INDEX_COLUMNS, "source"})
@@ -246,25 +258,33 @@ def _data_files(path: Path, info: dict[str, Any], family: str, info_path: Path) 
 
 
 def _lerobot_mapping(
-    info: dict[str, Any], info_path: Path, features: FeatureMap | None
-) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
-    """OUR -> THEIR columns, info.json's declared features, and the pixel features skipped."""
-    mapping = _resolve_features(LEROBOT_DEFAULTS, features)
+    info: dict[str, Any], info_path: Path, features: FeatureMap | None, low_dim_only: bool
+) -> tuple[dict[str, str], dict[str, str], dict[str, Any], dict[str, str]]:
+    """OUR -> THEIR low-dim columns, OUR -> THEIR cameras (each camera under its own name unless
+    ``--map`` renames or drops it), info.json's declared features and the cameras skipped."""
     declared: dict[str, Any] = info.get("features") or {}
     if not isinstance(declared, dict):
         raise DataError(f"{info_path}: 'features' must be an object")
-    skipped = {
+    pixels = {
         k: str(v.get("dtype"))
         for k, v in declared.items()
         if isinstance(v, dict) and v.get("dtype") in PIXEL_DTYPES
     }
-    for ours, theirs in mapping.items():
-        if theirs in skipped:
-            raise DataError(
-                f"{info_path}: column {theirs!r} (-> {ours!r}) is a {skipped[theirs]} feature; "
-                "only low-dim (numeric) features can be imported"
-            )
-    return mapping, declared, skipped
+    renamed = {t for t in (features or {}).values() if t in pixels}
+    defaults = {k: k for k in pixels if k not in renamed and not low_dim_only}
+    mapping = _resolve_features({**LEROBOT_DEFAULTS, **defaults}, features)
+    cameras = {o: t for o, t in mapping.items() if t in pixels}
+    check_camera_names(cameras, "column", str(info_path))
+    if cameras and low_dim_only:
+        raise DataError(
+            f"{info_path}: --map names camera features {sorted(cameras.values())}, but "
+            "--low-dim-only imports low-dim columns only"
+        )
+    skipped = {k: v for k, v in pixels.items() if k not in cameras.values()}
+    lowdim = {o: t for o, t in mapping.items() if o not in cameras}
+    if not lowdim:
+        raise DataError(f"{info_path}: no low-dim features to import (action is needed)")
+    return lowdim, cameras, declared, skipped
 
 
 def _frame_order(ep: np.ndarray) -> np.ndarray:
@@ -332,6 +352,10 @@ class _LeRobotRows:
                 )
             self.cols[c].append(x)
 
+    def file_of(self, episode: int) -> Path:
+        """The data file that holds an episode (LeRobot keeps an episode in one file)."""
+        return self._episode_file[episode]
+
     def _claim_episodes(self, f: Path, ep: np.ndarray) -> None:
         """LeRobot keeps an episode in one file; one in two files is a duplicate id."""
         for e in np.unique(ep).tolist():
@@ -380,6 +404,17 @@ def _check_totals(
             )
 
 
+def _refuse_v3_cameras(path: Path, cameras: dict[str, str]) -> None:
+    """A LeRobot v3 dataset with cameras is what every reader here takes in place: copying it
+    would only duplicate its videos."""
+    raise DataError(
+        f"LeRobot dataset {path} is LeRobot v3 with cameras {sorted(cameras.values())}: it is "
+        f"read in place, not imported; use {path} (or its s3:// copy) as the dataset path "
+        "(data.clean/corrupt path in a run config, --data/--corrupt), or pass --low-dim-only "
+        "to import its low-dim columns alone"
+    )
+
+
 def import_lerobot(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -388,18 +423,24 @@ def import_lerobot(
     task: str = "imported",
     fps: float | None = None,
     overwrite: bool = False,
+    low_dim_only: bool = False,
 ) -> dict[str, Any]:
-    """Import a local LeRobot v2.x/v3.0 dataset directory into our layout at ``out``.
+    """Import a local LeRobot v2.x/v3.0 dataset directory at ``out``.
 
-    ``features`` maps OUR feature -> THEIR column and is merged over ``LEROBOT_DEFAULTS``
-    (a None value drops a default). ``fps`` defaults to info.json's. Video/image features are
-    skipped (low-dim only). Returns counts, feature shapes, the out URI and the content digest.
+    ``features`` maps OUR feature -> THEIR column and is merged over ``LEROBOT_DEFAULTS`` and
+    the cameras (each under its own name; a None value drops a default). ``fps`` defaults to
+    info.json's. Without cameras (or with ``low_dim_only``) the output is our layout; a v2.x
+    source with cameras becomes a LeRobot v3 dataset (videos re-encoded per camera file, image
+    features kept as Parquet images); a v3.0 source with cameras is refused: read it in place.
+    Returns counts, feature (and camera) shapes, the out URI and the content digest.
     """
     path = Path(path).expanduser().resolve()
     info, version, family = _lerobot_info(path)
     info_path = path / "meta" / "info.json"
     label = f"LeRobot dataset {path}"
-    mapping, declared, skipped = _lerobot_mapping(info, info_path, features)
+    mapping, cameras, declared, skipped = _lerobot_mapping(info, info_path, features, low_dim_only)
+    if cameras and family == "v3":
+        _refuse_v3_cameras(path, cameras)
     files = _data_files(path, info, family, info_path)
     rows = _LeRobotRows(mapping)
     for f in files:
@@ -410,156 +451,39 @@ def import_lerobot(
     _check_totals(label, info, info_path, counts, len(files))
     notes = rows.notes
     if skipped:
-        notes.append(f"skipped pixel features (low-dim only): {sorted(skipped)}")
+        notes.append(f"skipped camera features (--low-dim-only or --map): {sorted(skipped)}")
     rate = float(fps if fps is not None else info.get("fps") or 10.0)
-    extra = {
-        "source_episode_index": source_ids,
-        "imported_from": {
-            "format": "lerobot",
-            "codebase_version": version,
-            "path": str(path),
-            "features": mapping,
-            "robot_type": info.get("robot_type"),
-        },
+    imported_from = {
+        "format": "lerobot",
+        "codebase_version": version,
+        "path": str(path),
+        "features": {**mapping, **cameras},
+        "robot_type": info.get("robot_type"),
     }
+    if cameras:
+        with_cams = [
+            CameraEpisode(
+                e,
+                v2_camera_loaders(
+                    path, info, cameras, src, len(next(iter(e.values()))), rows.file_of(src)
+                ),
+            )
+            for e, src in zip(episodes, source_ids, strict=True)
+        ]
+        still = [o for o, t in cameras.items() if declared[t]["dtype"] == "image"]
+        lineage = {
+            **imported_from,
+            "source_episode_index": source_ids,
+            "source": _check_source(source, path),
+        }
+        root, meta = write_with_cameras(
+            out, with_cams, task, whole_fps(rate, label), overwrite, lineage, still, notes
+        )
+        log.info("imported %s with cameras %s -> %s", label, sorted(cameras), root.uri)
+        return camera_result(
+            "lerobot", root, meta, {**mapping, **cameras}, notes, codebase_version=version
+        )
+    extra = {"source_episode_index": source_ids, "imported_from": imported_from}
     root, meta = _write(out, episodes, _check_source(source, path), task, rate, overwrite, extra)
     log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), len(ep), root.uri)
     return _result("lerobot", root, meta, mapping, skipped, notes, codebase_version=version)
-
-
-# ---------------------------------------------------------------------------------- zarr
-
-
-def _zarr_mapping(path: Path, available: list[str], features: FeatureMap | None) -> dict[str, str]:
-    """Defaults for a ReplayBuffer (state, else agent_pos; action) merged with ``features``."""
-    state = next((k for k in ZARR_STATE_KEYS if k in available), None)
-    if state is None and not (features and "observation.state" in features):
-        raise DataError(
-            f"{path}: no data/state or data/agent_pos for observation.state; map one "
-            f"explicitly (observation.state=KEY) from data/ arrays {available}"
-        )
-    defaults = {"observation.state": state} if state is not None else {}
-    return _resolve_features({**defaults, "action": "action"}, features)
-
-
-def _read_zarr(
-    path: Path, features: FeatureMap | None
-) -> tuple[dict[str, str], dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Open a ReplayBuffer (directory or .zip); read the mapped arrays and episode_ends."""
-    import zarr
-
-    if not path.exists():
-        raise DataError(f"{path}: no such zarr store")
-    if path.is_dir() and (path / "zarr.json").exists() and not (path / ".zgroup").exists():
-        raise DataError(
-            f"{path}: zarr format 3 store; diffusion_policy ReplayBuffers are zarr format 2"
-        )
-    store: Any = None
-    try:
-        if path.is_file():
-            store = zarr.storage.ZipStore(str(path), mode="r")
-            group = zarr.open_group(store, mode="r")
-        else:
-            group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several unrelated types for "not a group"
-        if store is not None:
-            store.close()
-        raise DataError(f"{path}: not a zarr (format 2) group: {exc}") from exc
-    try:
-        if "data" not in group or "meta" not in group or "episode_ends" not in group["meta"]:
-            raise DataError(
-                f"{path}: not a diffusion_policy ReplayBuffer (needs data/ and "
-                f"meta/episode_ends; has {sorted(group.keys())})"
-            )
-        data = group["data"]
-        available = sorted(data.array_keys())
-        mapping = _zarr_mapping(path, available, features)
-        arrays: dict[str, np.ndarray] = {}
-        for key in dict.fromkeys(mapping.values()):
-            if key not in available:
-                ours = [o for o, t in mapping.items() if t == key]
-                raise DataError(
-                    f"{path}: array data/{key} (mapped to {ours}) not found; data/ has {available}"
-                )
-            arr = data[key]
-            if arr.dtype.kind not in "biuf" or arr.ndim < 1:
-                raise DataError(
-                    f"{path}: data/{key} has dtype {arr.dtype} and shape {arr.shape}; need a "
-                    "numeric array of shape (N, ...)"
-                )
-            if arr.ndim >= 4:
-                raise DataError(
-                    f"{path}: data/{key} has shape {arr.shape}, which looks like images; only "
-                    "low-dim features can be imported"
-                )
-            arrays[key] = np.asarray(arr[:])
-        ends = np.asarray(group["meta"]["episode_ends"][:])
-    finally:
-        if store is not None:
-            store.close()
-    return mapping, arrays, ends, available
-
-
-def import_zarr(
-    path: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    features: FeatureMap | None = None,
-    source: str | None = None,
-    task: str = "imported",
-    fps: float = 10.0,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Import a diffusion_policy ReplayBuffer (``.zarr`` directory or ``.zarr.zip``).
-
-    Defaults: ``observation.state`` <- ``data/state`` (else ``data/agent_pos``), ``action`` <-
-    ``data/action``; ``features`` (OUR -> THEIR key under data/) is merged over them, a None
-    value drops one. Trailing dims are flattened to D. The buffer has no frame rate: ``fps``
-    (PushT's 10 Hz by default) is recorded as given.
-    """
-    path = Path(path).expanduser().resolve()
-    label = f"zarr replay buffer {path}"
-    mapping, arrays, ends, available = _read_zarr(path, features)
-    if ends.ndim != 1 or ends.dtype.kind not in "iu" or ends.size == 0:
-        raise DataError(
-            f"{path}: meta/episode_ends must be a non-empty 1-D integer array, got dtype "
-            f"{ends.dtype} and shape {ends.shape}"
-        )
-    steps = np.diff(np.r_[0, ends.astype(np.int64)])
-    if np.any(steps < 0):
-        i = int(np.flatnonzero(steps < 0)[0])
-        raise DataError(
-            f"{path}: meta/episode_ends must be non-decreasing from 0; episode {i} ends at "
-            f"{int(ends[i])}, before its start"
-        )
-    n_total = int(ends[-1])
-    for key, arr in arrays.items():
-        if len(arr) != n_total:
-            raise DataError(
-                f"{path}: data/{key} has {len(arr)} rows but meta/episode_ends[-1] = {n_total}"
-            )
-    ep = np.repeat(np.arange(len(ends), dtype=np.int64), steps)
-    fr = np.arange(n_total, dtype=np.int64) - np.repeat(np.cumsum(steps) - steps, steps)
-    feats: dict[str, np.ndarray] = {}
-    for ours, theirs in mapping.items():
-        x = arrays[theirs].reshape(n_total, -1).astype(np.float32)
-        if x.shape[1] == 0:
-            raise DataError(f"{path}: data/{theirs} (-> {ours!r}) has zero width")
-        _check_finite(label, ours, f"data/{theirs}", x, ep, fr)
-        feats[ours] = x
-    if n_total == 0:
-        raise DataError(f"{label}: every episode is empty")
-    episodes, source_ids = _split_episodes(label, ep, fr, feats)
-    notes: list[str] = []
-    if np.any(steps == 0):
-        notes.append(f"skipped {int((steps == 0).sum())} empty episodes")
-    unused = [k for k in available if k not in mapping.values()]
-    if unused:
-        notes.append(f"unused arrays under data/: {unused}")
-    extra = {
-        "source_episode_index": source_ids,
-        "imported_from": {"format": "zarr", "path": str(path), "features": mapping},
-    }
-    src = _check_source(source, path)
-    root, meta = _write(out, episodes, src, task, float(fps), overwrite, extra)
-    log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), n_total, root.uri)
-    return _result("zarr", root, meta, mapping, {}, notes)

@@ -2,9 +2,11 @@
 
 A task with cameras (``Task.image_keys``, e.g. ``bin_sorting_pixels``) trains on LeRobot v3
 datasets read in place: the low-dim columns through the usual shard reader (``read_meta`` turns a
-LeRobot root into the platform's meta), the cameras through ``LeRobotDataset`` and the
-decode-ahead ``EpisodeFrameCache``. The classifier and annotation never need images (they work
-on action chunks, optionally low-dim state), so only training and evaluation come here.
+LeRobot root into the platform's meta), the cameras (MP4 videos or encoded images inside the
+data Parquet, per dataset and camera) through ``LeRobotDataset`` and the decode-ahead
+``EpisodeFrameCache``. The classifier and annotation never need images (they work
+on action chunks, optionally low-dim state), so only training and evaluation come here, and
+``ambient data check`` (``check_dataset``), which decodes every frame to validate a dataset.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ambient_core.envs.registry import Task, get_task
 from ambient_core.errors import ConfigError, DataError
 from ambient_core.vision import VisionPolicySpec
 from ambient_core.vision_data import ImageChunkDataset
+from ambient_platform.datasets import read_frames, read_meta
+from ambient_platform.lerobot import INFO_PATH as LEROBOT_INFO
 from ambient_platform.lerobot import LeRobotDataset, write_lerobot
 from ambient_platform.storage import StorageRoot
 
@@ -40,21 +44,23 @@ def image_chunk_dataset(
     spec: ChunkSpec,
     cache_bytes: int,
 ) -> ImageChunkDataset:
-    """Chunks over the loaded low-dim frames plus each camera, decoded from the datasets' MP4s.
+    """Chunks over the loaded low-dim frames plus each camera, decoded from the datasets' MP4s
+    or Parquet images.
 
-    Every dataset must be LeRobot v3 with the task's cameras at one common image shape.
+    Every dataset must be LeRobot v3 with the task's cameras at one common image shape; how a
+    camera is stored (video or images) may differ between datasets and cameras.
     """
     cams = image_keys(task)
     sources: list[LeRobotDataset] = []
     shapes: dict[tuple[int, int, int], str] = {}
     for f, uri in zip(frames, uris, strict=True):
         ds = LeRobotDataset(StorageRoot(uri), f.name)
-        missing = [k for k in cams if k not in ds.video_keys]
+        missing = [k for k in cams if k not in ds.camera_keys]
         if missing:
             raise DataError(
                 f"dataset {f.name!r} ({uri}) has no camera {missing[0]!r}; task {task.name!r} "
-                f"needs {list(cams)} and the dataset has {ds.video_keys} (a LeRobot v3 dataset "
-                "with videos is required)"
+                f"needs {list(cams)} and the dataset has {ds.camera_keys} (a LeRobot v3 dataset "
+                "with videos or Parquet images is required)"
             )
         for k in cams:
             shapes.setdefault(ds.image_shape(k), f.name)
@@ -129,3 +135,29 @@ def generate_lerobot(
     result["generate_s"] = round(gen_s, 3)
     result["total_s"] = round(time.perf_counter() - t0, 3)
     return result
+
+
+def check_dataset(path: str, decode: bool = True) -> dict[str, Any]:
+    """Validate a dataset where it lives (our layout or LeRobot v3, local or s3://): every
+    low-dim column, and for LeRobot v3 every frame of every camera (MP4 or Parquet images)
+    unless ``decode`` is off. Returns a summary; a problem raises ``DataError`` naming the
+    dataset, episode, camera and row."""
+    root = StorageRoot(path)
+    meta = read_meta(root)
+    summary: dict[str, Any] = {
+        "dataset": root.uri,
+        "format": meta.get("format", "ambient"),
+        "episodes": meta.get("episodes"),
+        "frames": meta.get("frames"),
+        "features": {k: v.get("shape") for k, v in meta.get("features", {}).items()},
+        "digest": meta.get("digest"),
+    }
+    if root.exists(LEROBOT_INFO):
+        ds = LeRobotDataset(root)
+        report = ds.validate(decode=decode)
+        summary["cameras"] = report["cameras"]
+        summary["decoded_frames"] = report["decoded_frames"]
+    else:
+        frames, _ = read_frames(root, list(meta.get("features", {})))
+        summary["frames"] = frames.n_frames
+    return summary

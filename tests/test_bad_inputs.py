@@ -315,7 +315,7 @@ RUN_CONFIG_ROWS: list[Row] = [
 ]
 
 
-DATASET_ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+DATASET_ROWS: list[tuple[str, Callable[[Path], object], str]] = [
     ("missing meta.json", lambda d: (d / "meta.json").unlink(), "meta.json is missing"),
     (
         "half-written meta.json",
@@ -596,6 +596,24 @@ def _import(w: World, fmt: str, src: Path, *more: str) -> list[str]:
     return ["data", "import", fmt, str(src), "--out", str(w.tmp / "imported"), *more]
 
 
+_CAM = {"features": {"observation.image": {"dtype": "video", "shape": [16, 16, 3]}}}
+
+
+def _zarr_cameras(w: World) -> Path:
+    """A ReplayBuffer with a camera (data/img) and a depth-like 4-D float array."""
+    import zarr
+
+    path = w.tmp / "cams.zarr"
+    group = zarr.group(store=str(path), overwrite=True)
+    data, meta = group.create_group("data"), group.create_group("meta")
+    data.array("img", np.zeros((6, 16, 16, 3), np.uint8))
+    data.array("depth", np.zeros((6, 16, 16, 1), np.float32))
+    data.array("state", np.zeros((6, 2), np.float32))
+    data.array("action", np.zeros((6, 2), np.float32))
+    meta.array("episode_ends", np.array([3, 6], np.int64))
+    return path
+
+
 def _truncated(w: World) -> Path:
     root = _lerobot(w)
     f = root / "data" / "chunk-000" / "episode_000000.parquet"
@@ -693,6 +711,50 @@ IMPORT_ROWS: list[Row] = [
         lambda w: _import(w, "lerobot", _lerobot(w), "--out", str(w.corrupt)),
         "already exists",
     ),
+    (
+        "lerobot: v3 with cameras (read in place instead)",
+        lambda w: _import(w, "lerobot", _lerobot(w, info={"codebase_version": "v3.0", **_CAM})),
+        "read in place, not imported",
+    ),
+    (
+        "lerobot: v2 camera's video file missing",
+        lambda w: _import(w, "lerobot", _lerobot(w, info=_CAM)),
+        "camera 'observation.image'",
+    ),
+    (
+        "lerobot: camera mapped to a low-dim name",
+        lambda w: _import(
+            w, "lerobot", _lerobot(w, info=_CAM), "--map", "observation.state=observation.image"
+        ),
+        "cameras are imported under observation.image* names",
+    ),
+    (
+        "lerobot: --low-dim-only with a camera mapped",
+        lambda w: _import(
+            w,
+            "lerobot",
+            _lerobot(w, info=_CAM),
+            "--low-dim-only",
+            "--map",
+            "observation.images.a=observation.image",
+        ),
+        "--low-dim-only imports low-dim columns only",
+    ),
+    (
+        "zarr: camera with a fractional --fps",
+        lambda w: _import(w, "zarr", _zarr_cameras(w), "--fps", "7.5"),
+        "must be a positive whole number",
+    ),
+    (
+        "zarr: camera mapped to a low-dim name",
+        lambda w: _import(w, "zarr", _zarr_cameras(w), "--map", "observation.goal=img"),
+        "is a camera",
+    ),
+    (
+        "zarr: 4-D array that is not (N, H, W, 3) uint8",
+        lambda w: _import(w, "zarr", _zarr_cameras(w), "--map", "observation.goal=depth"),
+        "looks like images",
+    ),
 ]
 
 
@@ -703,6 +765,106 @@ def test_import_inputs(
     world: World, name: str, argv: Callable[[World], list[str]], fragment: str
 ) -> None:
     assert_user_error(invoke(argv(world)), fragment)
+
+
+# --------------------------------------------- camera datasets (`ambient data check PATH`)
+
+_PIX_CAM = "observation.images.top"
+
+
+def _pixels(w: World, parquet_images: bool = True) -> Path:
+    """A small LeRobot v3 dataset: 2 episodes of 6 frames, one 16x16 camera (Parquet images
+    or MP4)."""
+    from ambient_platform.lerobot import write_lerobot
+
+    rng = np.random.default_rng(0)
+    episodes: list[dict[str, np.ndarray]] = [
+        {
+            "action": rng.normal(size=(6, 2)).astype(np.float32),
+            _PIX_CAM: rng.integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8),
+        }
+        for _ in range(2)
+    ]
+    root = w.tmp / "pix"
+    write_lerobot(StorageRoot(root), episodes, fps=10, tasks="t", parquet_images=parquet_images)
+    return root
+
+
+def _break_image(w: World, row: int, blob: bytes | None) -> list[str]:
+    root = _pixels(w)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    col = table.column(_PIX_CAM).combine_chunks()
+    blobs = col.field("bytes").to_pylist()
+    blobs[row] = blob
+    new = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), col.field("path")], names=["bytes", "path"]
+    )
+    i = table.schema.get_field_index(_PIX_CAM)
+    pq.write_table(table.set_column(i, _PIX_CAM, new), path)
+    return ["data", "check", str(root)]
+
+
+def _small_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _drop_last_row(w: World) -> list[str]:
+    root = _pixels(w)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - 1), path)
+    return ["data", "check", str(root)]
+
+
+def _broken_video(w: World) -> list[str]:
+    root = _pixels(w, parquet_images=False)
+    (root / "videos" / _PIX_CAM / "chunk-000" / "file-000.mp4").write_bytes(b"not an mp4" * 50)
+    return ["data", "check", str(root)]
+
+
+CAMERA_ROWS: list[Row] = [
+    (
+        "image: undecodable bytes",
+        lambda w: _break_image(w, 8, b"garbage"),
+        "episode 1 camera 'observation.images.top'",
+    ),
+    (
+        "image: undecodable bytes (row named)",
+        lambda w: _break_image(w, 8, b"garbage"),
+        "row 8 (frame 2): not a readable PNG/JPEG image",
+    ),
+    ("image: wrong size", lambda w: _break_image(w, 3, _small_png()), "the image is 8x8"),
+    ("image: no bytes", lambda w: _break_image(w, 3, None), "the image has no bytes"),
+    ("image: missing rows", _drop_last_row, "episode 1: data has 5 rows"),
+    ("video: unreadable MP4", _broken_video, "cannot read the video"),
+    (
+        "check: not a dataset",
+        lambda w: ["data", "check", str(w.tmp)],
+        "is not a dataset",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "fragment"), CAMERA_ROWS, ids=[r[0] for r in CAMERA_ROWS]
+)
+def test_camera_datasets(
+    world: World, name: str, argv: Callable[[World], list[str]], fragment: str
+) -> None:
+    assert_user_error(invoke(argv(world)), fragment)
+
+
+def test_the_unbroken_camera_dataset_is_valid(world: World) -> None:
+    res = invoke(["data", "check", str(_pixels(world))])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["decoded_frames"] == 12
 
 
 # --------------------------------------------------------- CLI flags, S3, credentials

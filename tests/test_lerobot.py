@@ -16,7 +16,7 @@ import pytest
 from ambient_core.data import ChunkSpec
 from ambient_core.envs import bin_sorting_pixels as px
 from ambient_core.errors import DataError
-from ambient_platform.lerobot import LeRobotDataset, write_lerobot
+from ambient_platform.lerobot import LeRobotDataset, VideoOptions, write_lerobot
 from ambient_platform.storage import StorageRoot
 
 SIZE = 48
@@ -183,12 +183,34 @@ def test_write_rejects_bad_episodes(tmp_path: Path) -> None:
     root = StorageRoot(tmp_path / "bad")
     with pytest.raises(DataError, match="no episodes"):
         write_lerobot(root, [], fps=10, tasks="t")
-    ragged = {"action": np.zeros((5, 3), np.float32), CAM: np.zeros((4, 8, 8, 3), np.uint8)}
+    ragged: dict[str, np.ndarray] = {
+        "action": np.zeros((5, 3), np.float32),
+        CAM: np.zeros((4, 8, 8, 3), np.uint8),
+    }
     with pytest.raises(DataError, match="episode 0 has ragged"):
         write_lerobot(root, [ragged], fps=10, tasks="t")
-    gray = {"action": np.zeros((5, 3), np.float32), CAM: np.zeros((5, 8, 8, 1), np.uint8)}
+    gray: dict[str, np.ndarray] = {
+        "action": np.zeros((5, 3), np.float32),
+        CAM: np.zeros((5, 8, 8, 1), np.uint8),
+    }
     with pytest.raises(DataError, match=r"camera 'observation.images.top' must be \(L, H, W, 3\)"):
         write_lerobot(root, [gray], fps=10, tasks="t")
+    odd: dict[str, np.ndarray] = {
+        "action": np.zeros((5, 3), np.float32),
+        CAM: np.zeros((5, 9, 8, 3), np.uint8),
+    }
+    with pytest.raises(DataError, match=r"odd frame height or width.*parquet_images"):
+        write_lerobot(root, [odd], fps=10, tasks="t")
+    write_lerobot(root, [odd], fps=10, tasks="t", parquet_images=[CAM])  # PNG takes any size
+    with pytest.raises(DataError, match=r"parquet_images \['action'\] are not cameras"):
+        write_lerobot(root, [odd], fps=10, tasks="t", parquet_images=["action"])
+    small: dict[str, np.ndarray] = {
+        "action": np.zeros((5, 3), np.float32),
+        CAM: np.zeros((5, 8, 8, 3), np.uint8),
+    }
+    with pytest.raises(DataError, match=r"episode 1 camera .* shape \(10, 8, 3\), episode 0"):
+        write_lerobot(root, [small, {**small, CAM: np.zeros((5, 10, 8, 3), np.uint8)}],
+                      fps=10, tasks="t")  # fmt: skip
 
 
 def test_image_chunk_dataset_streams_frames_from_lerobot(
@@ -276,3 +298,198 @@ def test_image_policy_trains_on_lerobot_from_s3_and_plays_from_pixels(
     buf = io.BytesIO()
     torch.save(state.eval_policy.state_dict(), buf)
     assert buf.tell() > 0
+
+
+# ------------------------------------------------------------- cameras as Parquet images
+
+WRIST = "observation.images.wrist"
+
+
+def _with_wrist(episodes: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """A second camera (the top view mirrored) to be stored as Parquet images."""
+    return [{**ep, WRIST: np.ascontiguousarray(ep[CAM][:, :, ::-1])} for ep in episodes]
+
+
+def test_parquet_image_camera_next_to_a_video_camera_on_s3(
+    s3_bucket: str, pixel_episodes: list[dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    from ambient_platform.lerobot import ambient_meta
+
+    episodes = _with_wrist(pixel_episodes)
+    uri = f"s3://{s3_bucket}/lerobot/two-cams"
+    root = StorageRoot(uri)
+    info = write_lerobot(
+        root, episodes, fps=10, tasks="sort", episodes_per_file=2, parquet_images=[WRIST]
+    )
+    feats = info["features"]
+    assert isinstance(feats, dict) and feats[WRIST]["dtype"] == "image"
+    assert feats[WRIST]["shape"] == [SIZE, SIZE, 3] and feats[CAM]["dtype"] == "video"
+    assert not [f for f in root.list("videos/") if WRIST in f.key]
+    fs, base = root.arrow_filesystem()
+    pf = pq.ParquetFile(fs.open_input_file(f"{base}/data/chunk-000/file-000.parquet"))
+    assert pf.schema_arrow.field(WRIST).type == pa.struct(
+        [("bytes", pa.binary()), ("path", pa.string())]
+    )
+    assert pf.metadata.num_row_groups >= 2  # episode 1 spans two row groups
+
+    ds = LeRobotDataset(uri, name="two")
+    assert ds.camera_keys == [CAM, WRIST] and ds.image_keys == [WRIST]
+    for i, ep in enumerate(episodes):
+        np.testing.assert_array_equal(ds.decode_episode(WRIST, i), ep[WRIST])  # PNG: exact
+        assert np.abs(ds.decode_episode(CAM, i).astype(int) - ep[CAM]).mean() < 4.0
+    report = ds.validate()
+    n = sum(len(ep[CAM]) for ep in episodes)
+    assert report["cameras"] == {CAM: "video", WRIST: "image"}
+    assert report["decoded_frames"] == 2 * n
+    meta = ambient_meta(root)
+    assert meta["cameras"][WRIST] == {"shape": [SIZE, SIZE, 3], "storage": "image"}
+    assert WRIST not in meta["features"] and meta["frames"] == n
+    assert not any(tmp_path.iterdir())  # read in place
+
+    jpeg = StorageRoot(tmp_path / "jpeg")
+    write_lerobot(
+        jpeg, episodes[:2], fps=10, tasks="t", parquet_images=True,
+        video=VideoOptions(image_format="JPEG"),
+    )  # fmt: skip
+    ds_j = LeRobotDataset(jpeg)
+    assert ds_j.video_keys == [] and ds_j.image_keys == [CAM, WRIST]
+    assert np.abs(ds_j.decode_episode(CAM, 1).astype(int) - episodes[1][CAM]).mean() < 6.0
+
+
+def _image_rows(path: Path, key: str, change: dict[int, bytes | None]) -> None:
+    """Replace the encoded bytes of some rows of a data file's image column."""
+    table = pq.read_table(path)
+    col = table.column(key).combine_chunks()
+    blobs = col.field("bytes").to_pylist()
+    for row, blob in change.items():
+        blobs[row] = blob
+    new = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), col.field("path")], names=["bytes", "path"]
+    )
+    i = table.schema.get_field_index(key)
+    pq.write_table(table.set_column(i, key, new), path, row_group_size=128)
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_parquet_image_errors_name_dataset_episode_camera_and_row(
+    tmp_path: Path, pixel_episodes: list[dict[str, np.ndarray]]
+) -> None:
+    root = StorageRoot(tmp_path / "pix")
+    write_lerobot(root, pixel_episodes[:2], fps=10, tasks="t", parquet_images=True)
+    data = tmp_path / "pix/data/chunk-000/file-000.parquet"
+    good = data.read_bytes()
+    n0 = len(pixel_episodes[0][CAM])
+    where = rf"'pix': episode 1 camera '{CAM}' \(.*file-000.parquet\): row {n0 + 5} \(frame 5\)"
+    cases: list[tuple[dict[int, bytes | None], str]] = [
+        ({n0 + 5: b"\x89PNG but not really"}, rf"{where}: not a readable PNG/JPEG image"),
+        ({n0 + 5: good[:50]}, rf"{where}: not a readable PNG/JPEG image"),
+        (
+            {n0 + 5: _png(np.zeros((32, 30, 3), np.uint8))},
+            rf"{where}: the image is 32x30, .*48x48",
+        ),
+        ({n0 + 5: _png(np.zeros((SIZE, SIZE), np.uint8))}, rf"{where}: a L image, expected RGB"),
+        ({n0 + 5: None}, rf"{where}: the image has no bytes \(path 'frame_000005.png' was not"),
+    ]
+    for change, message in cases:
+        _image_rows(data, CAM, change)
+        ds = LeRobotDataset(root, name="pix")
+        ds.decode_episode(CAM, 0)  # the other episode is fine
+        with pytest.raises(DataError, match=message):
+            ds.decode_episode(CAM, 1)
+        with pytest.raises(DataError, match=message):
+            ds.validate()
+        data.write_bytes(good)
+
+    # missing rows: the data file lost the last frame of episode 1, meta still says all
+    table = pq.read_table(data)
+    pq.write_table(table.slice(0, table.num_rows - 1), data)
+    with pytest.raises(
+        DataError, match=rf"episode 1 camera '{CAM}'.*has \d+ rows of this episode, meta/ep"
+    ):
+        LeRobotDataset(root, name="pix").decode_episode(CAM, 1)
+    # a column that is not an image at all
+    table = pq.read_table(io.BytesIO(good))
+    i = table.schema.get_field_index(CAM)
+    pq.write_table(table.set_column(i, CAM, pa.array(np.zeros(table.num_rows))), data)
+    with pytest.raises(DataError, match=r"column type double, expected an image struct"):
+        LeRobotDataset(root, name="pix").decode_episode(CAM, 0)
+    # metadata: an image feature must say (H, W, C)
+    _rewrite_json(
+        tmp_path / "pix/meta/info.json",
+        {"features": {**json.loads((tmp_path / "pix/meta/info.json").read_text())["features"],
+                      CAM: {"dtype": "image", "shape": [SIZE, SIZE]}}},
+    )  # fmt: skip
+    with pytest.raises(DataError, match=rf"features.{CAM}.shape must be \(H, W, C\)"):
+        LeRobotDataset(root, name="pix")
+
+
+def test_image_policy_trains_from_a_video_and_a_parquet_image_dataset(
+    tmp_path: Path, pixel_episodes: list[dict[str, np.ndarray]]
+) -> None:
+    """The run path (jobs.train.prepare -> jobs.pixel_data): clean demos with an MP4 camera,
+    corrupt demos with the same camera as Parquet images, one image policy over both."""
+    import yaml
+
+    from ambient_core.train import train
+    from ambient_core.vision_data import ImageChunkDataset
+    from ambient_platform.config import load_run_config
+    from jobs.train import prepare
+
+    write_lerobot(StorageRoot(tmp_path / "clean"), pixel_episodes[:3], fps=10, tasks="sort")
+    write_lerobot(
+        StorageRoot(tmp_path / "corrupt"), pixel_episodes[3:], fps=10, tasks="opposite",
+        parquet_images=True,
+    )  # fmt: skip
+    run = {
+        "name": "mixed-cameras",
+        "task": "bin_sorting_pixels",
+        "data": {
+            "clean": [{"path": str(tmp_path / "clean"), "name": "correct"}],
+            "corrupt": [{"path": str(tmp_path / "corrupt"), "name": "opposite"}],
+        },
+        "policy": {
+            "down_dims": [16, 32],
+            "step_embed_dim": 16,
+            "vision": {"backbone_width": 8, "num_keypoints": 8},
+        },
+        "train": {"steps": 2, "batch_size": 8, "warmup_steps": 1, "log_every": 1, "threads": 1},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    prepared = prepare(load_run_config(path))
+    data = prepared.data
+    assert isinstance(data, ImageChunkDataset) and data.image_shape == (SIZE, SIZE, 3)
+    state = train(prepared.state, data)
+    assert len(state.history) == 2 and all(np.isfinite(h["loss"]) for h in state.history)
+    # frames of both datasets arrived: the corrupt ones exactly (PNG)
+    last = int(data.chunk_bounds[-1, 1]) - 1
+    obs = data.images(np.array([last]))
+    np.testing.assert_array_equal(obs[CAM][0], pixel_episodes[-1][CAM][-1])
+
+
+def test_data_check_command_decodes_every_camera(
+    tmp_path: Path, pixel_episodes: list[dict[str, np.ndarray]]
+) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main as cli
+
+    write_lerobot(
+        StorageRoot(tmp_path / "two"), _with_wrist(pixel_episodes[:2]), fps=10, tasks="t",
+        parquet_images=[WRIST],
+    )  # fmt: skip
+    res = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "two")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    n = sum(len(ep[CAM]) for ep in pixel_episodes[:2])
+    assert summary["cameras"] == {CAM: "video", WRIST: "image"}
+    assert summary["decoded_frames"] == 2 * n and summary["format"] == "lerobot/v3.0"
+    quick = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "two"), "--no-decode"])
+    assert quick.exit_code == 0 and json.loads(quick.stdout)["decoded_frames"] == 0

@@ -14,6 +14,10 @@ Layout (LeRobot ``CODEBASE_VERSION = "v3.0"``)::
                                                     task_index
     videos/<camera>/chunk-000/file-000.mp4          many episodes per MP4, back to back
 
+A camera may instead be stored as LeRobot does with videos off (``dtype: "image"``): one PNG/JPEG
+per frame in a ``{bytes, path}`` struct column of the data files, decoded with Pillow
+(``images.py``); ``LeRobotDataset.decode_episode`` reads both kinds the same way.
+
 Frame j of an episode is at ``from_timestamp + j / fps`` in its camera's MP4. Videos are encoded
 and decoded in-process with PyAV (libx264, a key frame at every episode start so an episode is
 one seek away). Reading never copies the dataset: Parquet and MP4 are read in place (range reads

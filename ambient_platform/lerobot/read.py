@@ -1,8 +1,10 @@
-"""Read a LeRobot v3 dataset in place (local or ``s3://``): metadata, low-dim frames, video.
+"""Read a LeRobot v3 dataset in place (local or ``s3://``): metadata, low-dim frames, cameras.
 
 Parquet files are read with pyarrow on the storage root's filesystem; MP4 files are decoded with
 PyAV, on S3 through a block cache over range reads, so nothing is copied to local disk first.
-Every check names the dataset, episode and camera it failed on.
+Cameras stored as encoded images inside the data Parquet (``dtype: "image"``) are read from only
+the row groups of the episode and decoded with Pillow (``images.py``). Every check names the
+dataset, episode and camera it failed on (and the row, for images).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import pyarrow.parquet as pq
 
 from ambient_core.data import Frames, frames_from_table
 from ambient_core.errors import DataError, NotFoundError
-from ambient_platform.lerobot.layout import DEFAULT_FEATURES, INFO_PATH, VIDEO_PATH
+from ambient_platform.lerobot.images import decode_image, image_blobs, image_paths, read_rows
+from ambient_platform.lerobot.layout import DEFAULT_FEATURES, IMPORT_PATH, INFO_PATH, VIDEO_PATH
 from ambient_platform.storage import StorageRoot
 
 _BLOCK = 1 << 20  # S3 range-read size for video files
 _CACHED_BLOCKS = 32
+_OPEN_FILES = 4  # per thread: open video containers, open data files (image cameras)
 
 
 class _BlockReader(io.RawIOBase):
@@ -120,7 +124,8 @@ class LeRobotDataset:
     """A LeRobot v3 dataset opened in place; metadata is read and checked on construction.
 
     ``name`` labels every error (defaults to the URI). Low-dim columns come back as validated
-    ``Frames``; camera frames are decoded per episode as (L, H, W, 3) uint8 arrays.
+    ``Frames``; camera frames (MP4 videos or Parquet images alike, ``camera_keys``) are decoded
+    per episode as (L, H, W, 3) uint8 arrays.
     """
 
     def __init__(self, root: StorageRoot | str, name: str | None = None) -> None:
@@ -164,7 +169,7 @@ class LeRobotDataset:
         for key, feat in info["features"].items():
             if not isinstance(feat, dict) or "dtype" not in feat or "shape" not in feat:
                 raise self._fail(f"{INFO_PATH}: features.{key} needs dtype and shape")
-            if feat["dtype"] == "video" and len(feat["shape"]) != 3:
+            if feat["dtype"] in ("video", "image") and len(feat["shape"]) != 3:
                 raise self._fail(f"{INFO_PATH}: features.{key}.shape must be (H, W, C)")
         return dict(info)
 
@@ -233,6 +238,15 @@ class LeRobotDataset:
             if e.index == index:
                 return e
         raise self._fail(f"has no episode {index}")
+
+    @property
+    def camera_keys(self) -> list[str]:
+        """Every camera: MP4 videos first, then images stored inside the data Parquet."""
+        return [*self.video_keys, *self.image_keys]
+
+    def camera_storage(self, key: str) -> str:
+        """How a camera is stored: "video" (MP4 per camera) or "image" (in the data Parquet)."""
+        return "video" if key in self.video_keys else "image"
 
     @property
     def data_keys(self) -> list[str]:
@@ -305,7 +319,7 @@ class LeRobotDataset:
         else:
             container = av.open(_BlockReader(self.root.open_input(key)))
         cache[key] = container
-        while len(cache) > 4:
+        while len(cache) > _OPEN_FILES:
             cache.popitem(last=False)[1].close()
         return container
 
@@ -340,8 +354,10 @@ class LeRobotDataset:
 
     def decode_episode(self, key: str, episode: int) -> np.ndarray:
         """Every frame of one camera in one episode, (L, H, W, 3) uint8, validated."""
+        if key in self.image_keys:
+            return self._decode_images(key, self.episode(episode))
         if key not in self.video_keys:
-            raise self._fail(f"has no video feature {key!r}; cameras: {self.video_keys}")
+            raise self._fail(f"has no camera {key!r}; cameras: {self.camera_keys}")
         ep = self.episode(episode)
         span = ep.videos[key]
         where = f"episode {episode} camera {key!r} ({self.root.uri_for(span.key)})"
@@ -359,11 +375,89 @@ class LeRobotDataset:
             )
         return out
 
+    # ---------------------------------------------------------------- images in Parquet
+
+    def _data_file(self, key: str) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+        """An open data file with its episode_index and frame_index columns, one per thread and
+        file (reused: an episode's images are then one row-group read away)."""
+        cache: OrderedDict[str, Any] = getattr(self._local, "data_files", None) or OrderedDict()
+        self._local.data_files = cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        fs, base = self.root.arrow_filesystem()
+        pf = pq.ParquetFile(fs.open_input_file(f"{base.rstrip('/')}/{key}"))
+        index = pf.read(columns=["episode_index", "frame_index"])
+        entry = (
+            pf,
+            index.column("episode_index").to_numpy().astype(np.int64),
+            index.column("frame_index").to_numpy().astype(np.int64),
+        )
+        cache[key] = entry
+        while len(cache) > _OPEN_FILES:
+            cache.popitem(last=False)
+        return entry
+
+    def _image_column(
+        self, key: str, ep: EpisodeInfo, where: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+        """The episode's file row numbers and frame indices, and the camera column read from
+        only the row groups that hold them, with each row's position in it."""
+        try:
+            pf, eps, frs = self._data_file(ep.data_key)
+            rows = np.flatnonzero(eps == ep.index)
+            if len(rows) != ep.length:
+                raise self._fail(
+                    f"{where}: the data file has {len(rows)} rows of this episode, "
+                    f"meta/episodes says length {ep.length}"
+                )
+            if key not in pf.schema_arrow.names:
+                raise self._fail(f"{where}: the data file has no column {key!r}")
+            column, positions = read_rows(pf, key, rows.tolist())
+        except (pa.ArrowInvalid, OSError, KeyError) as exc:
+            (getattr(self._local, "data_files", None) or {}).pop(ep.data_key, None)
+            raise self._fail(f"{where}: cannot read the image column: {exc}") from exc
+        return rows, frs[rows], positions, column
+
+    def _decode_images(self, key: str, ep: EpisodeInfo) -> np.ndarray:
+        """One camera stored as encoded images in the data Parquet, (L, H, W, 3) uint8."""
+        where = f"episode {ep.index} camera {key!r} ({self.root.uri_for(ep.data_key)})"
+        rows, frames, positions, column = self._image_column(key, ep, where)
+        blobs, paths = image_blobs(column), image_paths(column)
+        if blobs is None:
+            raise self._fail(
+                f"{where}: column type {column.type}, expected an image struct<bytes, path>"
+            )
+        h, w, _ = self.image_shape(key)
+        out = np.empty((ep.length, h, w, 3), dtype=np.uint8)
+        seen = np.zeros(ep.length, dtype=bool)
+        for row, j, pos in zip(rows.tolist(), frames.tolist(), positions.tolist(), strict=True):
+            at = f"{where}: row {row} (frame {j})"
+            if not 0 <= j < ep.length or seen[j]:
+                raise self._fail(f"{at}: frame_index must run 0..{ep.length - 1}, once each")
+            blob = blobs[pos].as_py()
+            if not blob:
+                path = paths[pos].as_py() if paths is not None else None
+                raise self._fail(
+                    f"{at}: the image has no bytes"
+                    + (f" (path {path!r} was not embedded)" if path else "")
+                )
+            try:
+                img = decode_image(blob)
+            except ValueError as exc:
+                raise self._fail(f"{at}: {exc}") from exc
+            if img.shape != (h, w, 3):
+                raise self._fail(
+                    f"{at}: the image is {img.shape[0]}x{img.shape[1]}, info.json says {h}x{w}"
+                )
+            out[j], seen[j] = img, True
+        return out
+
     def iter_episodes(
         self, keys: Sequence[str] | None = None, episodes: Sequence[int] | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Stream (episode index, {camera: frames}) in file order, one episode in memory."""
-        keys = list(self.video_keys if keys is None else keys)
+        keys = list(self.camera_keys if keys is None else keys)
         for e in self.episodes if episodes is None else [self.episode(i) for i in episodes]:
             yield e.index, {k: self.decode_episode(k, e.index) for k in keys}
 
@@ -378,15 +472,16 @@ class LeRobotDataset:
             "dataset": self.name,
             "episodes": len(self.episodes),
             "frames": frames.n_frames if frames is not None else None,
-            "cameras": self.video_keys,
+            "cameras": {k: self.camera_storage(k) for k in self.camera_keys},
             "decoded_frames": n_decoded,
         }
 
     def close(self) -> None:
-        """Close this thread's open video files."""
+        """Close this thread's open video and data files."""
         for container in (getattr(self._local, "containers", None) or {}).values():
             container.close()
         self._local.containers = None
+        self._local.data_files = None
 
 
 def ambient_meta(root: StorageRoot, name: str | None = None) -> dict[str, Any]:
@@ -395,8 +490,10 @@ def ambient_meta(root: StorageRoot, name: str | None = None) -> dict[str, Any]:
     LeRobot's data files are Parquet shards with ``episode_index``, ``frame_index`` and
     list-of-float feature columns, i.e. the shards every reader here already takes; so training,
     classifier training and annotation read the low-dim columns in place through this meta, and
-    only images need the video reader. The digest covers info.json and every data and episode
-    file's size and ETag (mtime locally).
+    only cameras need ``LeRobotDataset`` (MP4 or Parquet images). The digest covers info.json
+    and the size and ETag (mtime locally) of every data (image columns included), episode and
+    video file. A dataset written by ``ambient data import`` also carries its ``imported_from``
+    and ``source_episode_index`` (``meta/ambient_import.json``), as imports in our layout do.
     """
     ds = LeRobotDataset(root, name)
     rows: dict[str, int] = {}
@@ -409,6 +506,16 @@ def ambient_meta(root: StorageRoot, name: str | None = None) -> dict[str, Any]:
     h = hashlib.sha256(json.dumps(ds.info, sort_keys=True).encode())
     for key in sorted(k for k in listed if k.startswith(("data/", "meta/episodes/", "videos/"))):
         h.update(f"{key}:{listed[key].size}:{listed[key].etag_or_mtime}".encode())
+    lineage: dict[str, Any] = {}
+    if IMPORT_PATH in listed:
+        try:
+            imported = root.read_json(IMPORT_PATH)
+        except ValueError as exc:
+            raise ds._fail(f"{root.uri_for(IMPORT_PATH)}: {exc}") from exc
+        if not isinstance(imported, dict):
+            raise ds._fail(f"{root.uri_for(IMPORT_PATH)}: expected a JSON object")
+        lineage["source_episode_index"] = imported.pop("source_episode_index", None)
+        lineage["imported_from"] = imported
     return {
         "format": f"lerobot/{ds.info['codebase_version']}",
         "name": name or root.uri.rstrip("/").rsplit("/", 1)[-1],
@@ -417,9 +524,13 @@ def ambient_meta(root: StorageRoot, name: str | None = None) -> dict[str, Any]:
         "features": {
             k: {"dtype": "float32", "shape": ds.features[k]["shape"]} for k in ds.lowdim_keys
         },
-        "cameras": {k: {"shape": list(ds.image_shape(k))} for k in ds.video_keys},
+        "cameras": {
+            k: {"shape": list(ds.image_shape(k)), "storage": ds.camera_storage(k)}
+            for k in ds.camera_keys
+        },
         "episodes": len(ds.episodes),
         "frames": sum(rows.values()),
         "shards": [{"key": k, "rows": n} for k, n in rows.items()],
         "digest": h.hexdigest(),
+        **lineage,
     }

@@ -1,8 +1,10 @@
 """Write a LeRobot v3 dataset: Parquet for low-dim columns, one MP4 per camera and file.
 
 Videos are encoded in-process with PyAV (libx264, no B-frames, a key frame at every episode
-start so a reader reaches any episode with one seek). ``meta/info.json`` is written last: a
-reader never sees a half-written dataset as complete.
+start so a reader reaches any episode with one seek). A camera named in ``parquet_images`` is
+written as LeRobot does with videos off instead: one PNG (or JPEG) per frame in a
+``{bytes, path}`` struct column of the data files (``dtype: "image"``). ``meta/info.json`` is
+written last: a reader never sees a half-written dataset as complete.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ambient_core.errors import DataError
+from ambient_platform.lerobot.images import IMAGE_FORMATS, STRUCT_TYPE, encode_images
 from ambient_platform.lerobot.layout import (
     CHUNKS_SIZE,
     CODEBASE_VERSION,
@@ -37,13 +40,20 @@ from ambient_platform.storage import StorageRoot
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """Encoder settings; ``gop`` bounds how many frames a seek inside an episode decodes."""
+    """Encoder settings; ``gop`` bounds how many frames a seek inside an episode decodes.
+    ``image_format`` ("PNG" or "JPEG") encodes the cameras written as Parquet images."""
 
     codec: str = "libx264"
     pix_fmt: str = "yuv420p"
     crf: int = 18
     gop: int = 16
     preset: str = "fast"
+    image_format: str = "PNG"
+
+
+#: Rows per Parquet row group when a data file holds images: a reader of one episode's images
+#: reads only the row groups that hold it (LeRobot / HF datasets use small groups too).
+IMAGE_ROW_GROUP = 128
 
 
 # ------------------------------------------------------------------------------------ write
@@ -53,10 +63,19 @@ def _is_video(arr: np.ndarray) -> bool:
     return arr.ndim == 4 and arr.dtype == np.uint8 and arr.shape[-1] == 3
 
 
-def _features(first: Mapping[str, np.ndarray], video: VideoOptions, fps: int) -> dict[str, Any]:
+def _features(
+    first: Mapping[str, np.ndarray], video: VideoOptions, fps: int, images: Sequence[str]
+) -> dict[str, Any]:
     feats: dict[str, Any] = {}
     for key, arr in first.items():
-        if _is_video(arr):
+        if key in images:
+            h, w = int(arr.shape[1]), int(arr.shape[2])
+            feats[key] = {
+                "dtype": "image",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+            }
+        elif _is_video(arr):
             h, w = int(arr.shape[1]), int(arr.shape[2])
             feats[key] = {
                 "dtype": "video",
@@ -80,22 +99,33 @@ def _features(first: Mapping[str, np.ndarray], video: VideoOptions, fps: int) ->
 
 
 def _check_episodes(episodes: Sequence[Mapping[str, np.ndarray]], label: str) -> None:
+    """Same keys, equal non-zero lengths, cameras (L, H, W, 3) uint8 at one size per camera.
+    Each episode is read once (cameras of lazily loaded episodes are decoded here)."""
     if not episodes:
         raise DataError(f"dataset {label!r}: no episodes to write")
     keys = list(episodes[0])
+    sizes: dict[str, tuple[int, ...]] = {}
     for i, ep in enumerate(episodes):
-        if list(ep) != keys:
-            raise DataError(f"dataset {label!r}: episode {i} has keys {list(ep)}, expected {keys}")
-        lengths = {k: len(v) for k, v in ep.items()}
+        cols = dict(ep.items())
+        if list(cols) != keys:
+            raise DataError(
+                f"dataset {label!r}: episode {i} has keys {list(cols)}, expected {keys}"
+            )
+        lengths = {k: len(v) for k, v in cols.items()}
         if len(set(lengths.values())) != 1 or not next(iter(lengths.values())):
             raise DataError(
                 f"dataset {label!r}: episode {i} has ragged or empty columns {lengths}"
             )
-        for k, v in ep.items():
+        for k, v in cols.items():
             if v.ndim == 4 and not _is_video(v):
                 raise DataError(
                     f"dataset {label!r}: episode {i} camera {k!r} must be (L, H, W, 3) uint8, "
                     f"got {v.shape} {v.dtype}"
+                )
+            if v.ndim == 4 and sizes.setdefault(k, v.shape[1:]) != v.shape[1:]:
+                raise DataError(
+                    f"dataset {label!r}: episode {i} camera {k!r} has frames of shape "
+                    f"{v.shape[1:]}, episode 0 has {sizes[k]}"
                 )
 
 
@@ -138,18 +168,25 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _image_stats(frames: np.ndarray) -> dict[str, Any]:
-    """Per-channel stats in [0, 1], shaped (3, 1, 1) as LeRobot stores them."""
-    px = frames.reshape(-1, 3).astype(np.float64) / 255.0
+def _image_stats(episodes: Sequence[Mapping[str, np.ndarray]], key: str) -> dict[str, Any]:
+    """Per-channel stats in [0, 1] of every 4th frame, shaped (3, 1, 1) as LeRobot stores them;
+    accumulated episode by episode, so only one episode's frames are in memory at a time."""
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    total, total_sq, n_px, n_frames = np.zeros(3), np.zeros(3), 0, 0
+    for ep in episodes:
+        sample = ep[key][::4]
+        px = sample.reshape(-1, 3).astype(np.float64) / 255.0
+        lo, hi = np.minimum(lo, px.min(0)), np.maximum(hi, px.max(0))
+        total += px.sum(0)
+        total_sq += (px**2).sum(0)
+        n_px += len(px)
+        n_frames += len(sample)
+    mean = total / n_px
+    std = np.sqrt(np.maximum(total_sq / n_px - mean**2, 0.0))
     return {
-        k: [[[float(v)]] for v in fn(px)]
-        for k, fn in (
-            ("min", lambda a: a.min(0)),
-            ("max", lambda a: a.max(0)),
-            ("mean", lambda a: a.mean(0)),
-            ("std", lambda a: a.std(0)),
-        )
-    } | {"count": [len(frames)]}
+        k: [[[float(v)]] for v in arr]
+        for k, arr in (("min", lo), ("max", hi), ("mean", mean), ("std", std))
+    } | {"count": [n_frames]}
 
 
 def _data_table(
@@ -159,6 +196,7 @@ def _data_table(
     task_index: Sequence[int],
     fps: int,
     low_keys: Sequence[str],
+    images: Mapping[str, str],
 ) -> pa.Table:
     lengths = [len(next(iter(ep.values()))) for ep in group]
     cols: dict[str, pa.Array] = {}
@@ -170,6 +208,9 @@ def _data_table(
             ]
         )
         cols[key] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+    for key, fmt in images.items():
+        parts = [encode_images(ep[key], fmt) for ep in group]
+        cols[key] = pa.chunked_array(parts, type=STRUCT_TYPE)
     frame_index = np.concatenate([np.arange(n) for n in lengths]).astype(np.int64)
     cols["timestamp"] = pa.array((frame_index / fps).astype(np.float32))
     cols["frame_index"] = pa.array(frame_index)
@@ -181,10 +222,27 @@ def _data_table(
     return pa.table(cols)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, row_group_size=row_group_size)
     return buf.getvalue()
+
+
+def _image_keys(
+    first: Mapping[str, np.ndarray], parquet_images: bool | Sequence[str], label: str
+) -> list[str]:
+    """The cameras to write as Parquet images (``True``: every camera)."""
+    cameras = [k for k, v in first.items() if _is_video(v)]
+    if parquet_images is True:
+        return cameras
+    if parquet_images is False:
+        return []
+    unknown = [k for k in parquet_images if k not in cameras]
+    if unknown:
+        raise DataError(
+            f"dataset {label!r}: parquet_images {unknown} are not cameras; cameras: {cameras}"
+        )
+    return list(parquet_images)
 
 
 def write_lerobot(
@@ -196,22 +254,34 @@ def write_lerobot(
     robot_type: str | None = None,
     episodes_per_file: int | None = None,
     video: VideoOptions | None = None,
+    parquet_images: bool | Sequence[str] = False,
 ) -> dict[str, Any]:
-    """Write ``episodes`` (key -> (L, ...) arrays; (L, H, W, 3) uint8 arrays become videos) as a
+    """Write ``episodes`` (key -> (L, ...) arrays; (L, H, W, 3) uint8 arrays are cameras) as a
     LeRobot v3 dataset under ``root``; ``meta/info.json`` is written last. Returns info.json.
 
     ``tasks`` is one task string for every episode or one per episode. ``episodes_per_file``
-    starts a new data/video file every that many episodes (default: one file for all).
+    starts a new data/video file every that many episodes (default: one file for all). Cameras
+    are MP4 videos, except those in ``parquet_images`` (``True``: all), which are written as
+    encoded images inside the data files (``video.image_format``).
     """
     label = root.uri
     _check_episodes(episodes, label)
     opts = video or VideoOptions()
+    if opts.image_format not in IMAGE_FORMATS:
+        raise DataError(f"image_format {opts.image_format!r}: expected one of {IMAGE_FORMATS}")
+    images = {k: opts.image_format for k in _image_keys(episodes[0], parquet_images, label)}
     ep_tasks = [tasks] * len(episodes) if isinstance(tasks, str) else list(tasks)
     if len(ep_tasks) != len(episodes):
         raise DataError(f"dataset {label!r}: {len(ep_tasks)} tasks for {len(episodes)} episodes")
     task_ids = {t: i for i, t in enumerate(dict.fromkeys(ep_tasks))}
-    features = _features(episodes[0], opts, fps)
+    features = _features(episodes[0], opts, fps, list(images))
     video_keys = [k for k, f in features.items() if f["dtype"] == "video"]
+    odd = [k for k in video_keys if any(v % 2 for v in features[k]["shape"][:2])]
+    if odd and opts.pix_fmt == "yuv420p":
+        raise DataError(
+            f"dataset {label!r}: cameras {odd} have an odd frame height or width, which H.264 "
+            "in yuv420p cannot encode; write them as Parquet images (parquet_images)"
+        )
     low_keys = [k for k, f in features.items() if f["dtype"] == "float32" and k in episodes[0]]
     per_file = episodes_per_file or len(episodes)
     rows: list[dict[str, Any]] = []
@@ -226,8 +296,12 @@ def write_lerobot(
             [task_ids[t] for t in ep_tasks[start : start + per_file]],
             fps,
             low_keys,
+            images,
         )
-        root.write_bytes(DATA_PATH.format(**where), _parquet_bytes(table))
+        root.write_bytes(
+            DATA_PATH.format(**where),
+            _parquet_bytes(table, IMAGE_ROW_GROUP if images else None),
+        )
         spans: dict[str, list[tuple[float, float]]] = {}
         for key in video_keys:
             with tempfile.TemporaryFile() as tmp:
@@ -236,7 +310,7 @@ def write_lerobot(
                 with root.open_output(VIDEO_PATH.format(video_key=key, **where)) as out:
                     out.write(tmp.read())
         for i, ep in enumerate(group):
-            n = len(ep[low_keys[0]] if low_keys else ep[video_keys[0]])
+            n = len(next(iter(ep.values())))
             row: dict[str, Any] = {
                 "episode_index": start + i,
                 "tasks": [ep_tasks[start + i]],
@@ -268,7 +342,7 @@ def write_lerobot(
     task_frame.to_parquet(task_buf)
     root.write_bytes(TASKS_PATH, task_buf.getvalue())
     stats = {k: _stats(np.concatenate([ep[k] for ep in episodes])) for k in low_keys}
-    stats |= {k: _image_stats(np.concatenate([ep[k][::4] for ep in episodes])) for k in video_keys}
+    stats |= {k: _image_stats(episodes, k) for k in [*video_keys, *images]}
     root.write_json(STATS_PATH, stats)
     info = {
         "codebase_version": CODEBASE_VERSION,

@@ -1,4 +1,4 @@
-"""``ambient data``: generate benchmark datasets and import LeRobot / zarr ones."""
+"""``ambient data``: generate benchmark datasets, import LeRobot / zarr ones, check a dataset."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from orchestrator.cli._app import common, main, print_json
 
 @main.group()
 def data() -> None:
-    """Create datasets (Parquet shards + meta.json, local directory or s3:// prefix)."""
+    """Create and check datasets (local directory or s3:// prefix).
+
+    Low-dim data is written as Parquet shards + meta.json; data with cameras as a LeRobot v3
+    dataset (Parquet + one MP4 per camera), which every command reads in place.
+    """
 
 
 @data.command("generate")
@@ -52,10 +56,24 @@ def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) 
     metavar="OURS=THEIRS",
     help="Feature mapping, e.g. --map observation.goal=target; 'action=' drops one.",
 )
-@click.option("--source", help="Dataset name (default: from PATH).")
+@click.option(
+    "--source",
+    help="Dataset name (default: from PATH; an output with cameras, LeRobot v3, is named "
+    "after --out and records --source in meta/ambient_import.json).",
+)
 @click.option("--task", default="imported", show_default=True)
-@click.option("--fps", type=float, help="Frame rate (zarr stores none; LeRobot's info.json).")
+@click.option(
+    "--fps",
+    type=float,
+    help="Frame rate (zarr stores none: default 10; LeRobot: info.json's). Whole numbers "
+    "when there are cameras.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+@click.option(
+    "--low-dim-only",
+    is_flag=True,
+    help="Import the low-dim columns alone and skip the cameras (output: Parquet shards).",
+)
 def data_import(
     fmt: str,
     path: str,
@@ -65,13 +83,43 @@ def data_import(
     task: str,
     fps: float | None,
     overwrite: bool,
+    low_dim_only: bool,
 ) -> None:
-    """Import a LeRobot v2/v3 dataset or a diffusion_policy zarr replay buffer from PATH."""
-    from jobs.importers import import_lerobot, import_zarr, parse_mapping
+    """Import a LeRobot v2/v3 dataset or a diffusion_policy zarr replay buffer from PATH.
+
+    Cameras are kept. zarr: every (N, H, W, 3) uint8 array under data/ (img, camera_0, ...)
+    becomes camera observation.images.<key> (rename or drop with --map), and the output is a
+    LeRobot v3 dataset with one MP4 per camera; a buffer without cameras gives Parquet shards
+    + meta.json as before. LeRobot v2.x: videos and image features are kept (output LeRobot
+    v3). LeRobot v3 with cameras is not imported: use PATH directly as a dataset path (it is
+    read in place), or pass --low-dim-only to import its low-dim columns alone.
+    """
+    from jobs.import_zarr import import_zarr
+    from jobs.importers import import_lerobot, parse_mapping
 
     feats = parse_mapping(list(mapping))
     if fmt == "lerobot":
-        res = import_lerobot(path, out, feats, source, task, fps, overwrite)
+        res = import_lerobot(path, out, feats, source, task, fps, overwrite, low_dim_only)
     else:
-        res = import_zarr(path, out, feats, source, task, fps or 10.0, overwrite)
+        res = import_zarr(path, out, feats, source, task, fps or 10.0, overwrite, low_dim_only)
     print_json(res)
+
+
+@data.command("check")
+@common
+@click.argument("path")
+@click.option(
+    "--no-decode",
+    is_flag=True,
+    help="Check metadata and low-dim columns only; do not decode camera frames.",
+)
+def data_check(path: str, no_decode: bool) -> None:
+    """Validate the dataset at PATH (ours or LeRobot v3, local or s3://) and print a summary.
+
+    Reads every low-dim column and decodes every frame of every camera (MP4 videos and
+    encoded images in Parquet alike); a problem is one error line naming the dataset,
+    episode, camera and row.
+    """
+    from jobs.pixel_data import check_dataset
+
+    print_json(check_dataset(path, decode=not no_decode))
