@@ -11,13 +11,33 @@ that noise level"), for a batch element:
    sigma_k must exceed sigma_min_i strictly (the ambient pair needs st > sm). sigma_min_i = 0 is
    "eligible everywhere" (co-training), sigma_max_i = 0 "no low window". Windows that meet or
    overlap make the item eligible at every level;
-3. choose the pool with P(corrupt | k) = s_k, where c_k is the number of eligible corrupt items
-   and n the clean count (``MixingRule.pool``):
-   ``proportional`` s_k = c_k / (n + c_k) (uniform over all eligible items);
+3. choose the pool with P(corrupt | k) = s_k (``MixingRule.pool``), where n is the clean count,
+   n_c the corrupt count, c_k the number of eligible corrupt items and F_k the eligible mass of
+   the corrupt pool's dataset mixture (step 4; F_k = c_k / n_c without corrupt weights):
+   ``proportional`` s_k = n_c F_k / (n + n_c F_k), which is c_k / (n + c_k) without weights
+   (uniform over all eligible items);
    ``fixed`` s_k = 1 - alpha when c_k > 0 (co-training weights, alpha = clean share);
    ``soft`` s_k = share(sigma_k) when c_k > 0 (e.g. a linear ramp in sigma);
    s_k = 0 when c_k = 0, and 1 when there is no clean data;
-4. draw the item uniformly inside the chosen pool's eligible set.
+4. draw the item inside the chosen pool. Without dataset weights: uniformly over the pool's
+   eligible items, so a dataset's share is proportional to its eligible count. With weights
+   w_d (``PoolDatasets``, positive, normalised over the pool's non-empty datasets) every item of
+   dataset d carries the mass w_d / n_d, and the draw is that fixed mixture conditioned on
+   eligibility at sigma_k: P(d | k, pool) = w_d e_dk / n_d / F_k (e_dk: d's items eligible at
+   level k), uniform over d's eligible items. With one threshold pair per dataset (the Open-X
+   mixtures) e_dk is 0 or n_d, so the datasets eligible at k share the pool in proportion to
+   their weights. A partly eligible dataset (per-chunk annotation) contributes its weight times
+   its eligible fraction: its few eligible chunks never absorb the dataset's whole weight (they
+   would be repeated n_d / e_dk times as often as every other item).
+
+Why ``proportional`` uses F_k: it is the fixed data mixture (pools by size n : n_c, datasets in
+a pool by weight) conditioned on eligibility at sigma_k, the same conditioning step 4 applies
+inside the pool. Where every item is eligible the corrupt share is n_c / (n + n_c), weights or
+not; below, it falls with the eligible mass of the corrupt mixture, so down-weighting the one
+dataset eligible at low noise lowers the corrupt share there (with raw counts c_k that weight
+would have no effect at those levels). ``fixed`` and ``soft`` keep alpha (the clean share) and
+the ramp as the cross-pool knob; weights only split each pool between its datasets. Weights
+``None`` reproduce the unweighted sampler draw for draw (same RNG stream).
 
 A corrupt element drawn through the high window carries its sigma_min (the ambient loss
 contracts it to that level, ``ambient_core.losses``); one drawn through the low window is marked
@@ -26,12 +46,15 @@ contracts it to that level, ``ambient_core.losses``); one drawn through the low 
 Implementation: levels live on a finite grid of T sigmas, so every item reduces to a pair of grid
 indices (K_min_i, K_max_i). Items are sorted once by (K_max, K_min); at each level the eligible
 items of a K_max group are either the whole group or a prefix of it, so a (T, T + 1) table of
-cumulative counts turns "uniform over eligible corrupt items" into two searchsorted calls:
-O(B log T) per batch, independent of N, and no rejection loop.
+cumulative counts turns "uniform over eligible corrupt items" into one searchsorted over the
+flattened table: O(B log T) per batch, independent of N, and no rejection loop. Weighted pools
+sort by (dataset, K_max, K_min), keep one such table per dataset, and draw the dataset first
+from a (T, D) table of cumulative masses: O(B log(T D)).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -103,14 +126,54 @@ class LinearRamp:
 
 
 @dataclass(frozen=True)
+class PoolDatasets:
+    """The datasets of one pool: ``sizes[d]`` items each, laid out in this order inside the
+    pool's id range, and optional sampling ``weights`` (module docstring, step 4).
+
+    ``weights=None`` keeps the unweighted draw (a dataset's share proportional to its eligible
+    count); the sizes alone still let the sampler report per-dataset shares.
+    """
+
+    sizes: tuple[int, ...]
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
+        if any(n < 0 for n in self.sizes):
+            raise ValueError(f"dataset sizes must be >= 0, got {self.sizes}")
+        if self.weights is None:
+            return
+        w = tuple(float(x) for x in self.weights)
+        object.__setattr__(self, "weights", w)
+        if len(w) != len(self.sizes):
+            raise ValueError(f"{len(w)} weights for {len(self.sizes)} datasets")
+        bad = [i for i, x in enumerate(w) if not (math.isfinite(x) and x > 0)]
+        if bad:
+            raise ValueError(
+                f"dataset weights must be positive and finite; dataset {bad[0]} has {w[bad[0]]!r}"
+            )
+
+    def item_mass(self) -> np.ndarray:
+        """Mass w_d / n_d of one item of each dataset, weights normalised over the non-empty
+        datasets (0 for an empty one); without weights every item weighs 1 / sum(sizes)."""
+        n = np.asarray(self.sizes, dtype=np.float64)
+        w = n.copy() if self.weights is None else np.asarray(self.weights) * (n > 0)
+        total = w.sum()
+        return np.where(n > 0, w / (total if total > 0 else 1.0) / np.maximum(n, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
 class MixingRule:
-    """How corrupt items join a level's batch: the eligibility buffer above sigma_min and the
-    pool mode (with ``alpha`` for ``fixed`` and ``soft_share`` for ``soft``)."""
+    """How corrupt items join a level's batch: the eligibility buffer above sigma_min, the pool
+    mode (with ``alpha`` for ``fixed`` and ``soft_share`` for ``soft``) and, optionally, the
+    datasets of each pool with their sampling weights (None: one dataset, unweighted)."""
 
     buffer: Buffer = field(default_factory=Buffer)
     pool: PoolMode = "proportional"
     alpha: float | None = None
     soft_share: Callable[[np.ndarray], np.ndarray] | None = None
+    clean_datasets: PoolDatasets | None = None
+    corrupt_datasets: PoolDatasets | None = None
 
     def __post_init__(self) -> None:
         if self.pool not in POOL_MODES:
@@ -152,6 +215,89 @@ def _thresholds(
     return sm, sx
 
 
+def _pool(datasets: PoolDatasets | None, n: int, kind: str) -> PoolDatasets:
+    """The pool's datasets (one unweighted dataset when not given), checked against its size."""
+    if datasets is None:
+        return PoolDatasets((n,))
+    if sum(datasets.sizes) != n:
+        raise ValueError(
+            f"{kind} dataset sizes {datasets.sizes} add up to {sum(datasets.sizes)}, "
+            f"but there are {n} {kind} items"
+        )
+    return datasets
+
+
+@dataclass(frozen=True)
+class _RowSearch:
+    """``searchsorted(table[row], value, side="right")`` for many (row, value) pairs at once:
+    the rows (non-decreasing, within [0, step)) are laid end to end with offsets row * step,
+    so one searchsorted over the flat array answers every pair in O(log(rows * width))."""
+
+    flat: np.ndarray
+    step: Any
+    width: int
+
+    @classmethod
+    def of(cls, table: np.ndarray, step: float | int) -> _RowSearch:
+        rows, width = table.shape
+        offset = np.arange(rows, dtype=table.dtype) * step
+        return cls((table + offset[:, None]).ravel(), step, width)
+
+    def __call__(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.flat, values + rows * self.step, side="right")
+        return pos - rows * self.width
+
+
+@dataclass(frozen=True)
+class _ItemTables:
+    """Corrupt items sorted by (dataset, K_max group, K_min) and, per (dataset, level) row, the
+    cumulative count of eligible items over the groups: at level k a group's eligible items are
+    the whole group (K_max >= k) or its prefix with K_min <= k."""
+
+    order: np.ndarray  # sorted position -> corrupt item id (empty: counts only)
+    start: np.ndarray  # (D, G): sorted position where (dataset, group) begins
+    cum: np.ndarray  # (D * T, G): row d * T + k
+    levels: int  # T
+    search: _RowSearch
+
+    @classmethod
+    def build(
+        cls,
+        dataset: np.ndarray,
+        group: np.ndarray,
+        k_min: np.ndarray,
+        n_datasets: int,
+        T: int,
+        sort: bool = True,
+    ) -> _ItemTables:
+        """The tables; ``sort=False`` skips the O(N log N) sort when only counts are needed."""
+        G = T + 1
+        seg = dataset * G + group
+        order = np.lexsort((k_min, seg)) if sort else np.zeros(0, dtype=np.int64)
+        hist = np.bincount(seg * (T + 1) + k_min, minlength=n_datasets * G * (T + 1))
+        hist = hist.reshape(n_datasets, G, T + 1)
+        size = hist.sum(axis=2)  # (D, G)
+        start = np.concatenate([[0], np.cumsum(size.ravel())[:-1]]).reshape(n_datasets, G)
+        cum_le = np.cumsum(hist, axis=2)[:, :, :T]  # (D, G, T): items in group with K_min <= k
+        whole = (np.arange(G)[:, None] - 1) >= np.arange(T)[None, :]  # (G, T): K_max >= k
+        per_level = np.where(whole[None], size[:, :, None], cum_le).transpose(0, 2, 1)
+        cum = np.cumsum(per_level, axis=2).reshape(n_datasets * T, G)
+        return cls(order, start, cum, T, _RowSearch.of(cum, int(cum.max(initial=0)) + 1))
+
+    def eligible(self) -> np.ndarray:
+        """(T, D) eligible item counts per level and dataset."""
+        return self.cum[:, -1].reshape(-1, self.levels).T
+
+    def draw(self, rng: np.random.Generator, dataset: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """One item uniformly among the eligible items of ``dataset`` at level ``k`` (each row
+        must have one): integer arithmetic only, so no draw can land outside the set."""
+        row = dataset * self.levels + k
+        r = np.floor(rng.random(k.size) * self.cum[row, -1]).astype(np.int64)
+        g = self.search(row, r)
+        before = np.where(g > 0, self.cum[row, np.maximum(g - 1, 0)], 0)
+        return self.order[self.start[dataset, g] + (r - before)]
+
+
 class NoiseFirstSampler:
     """Seeded, reproducible noise-first batch sampler over clean + corrupt items.
 
@@ -186,6 +332,8 @@ class NoiseFirstSampler:
         self.rule = rule
         self.buffer, self.pool, self.alpha = rule.buffer, rule.pool, rule.alpha
         self.soft_share = rule.soft_share
+        self.clean_datasets = _pool(rule.clean_datasets, self.n_clean, "clean")
+        self.corrupt_datasets = _pool(rule.corrupt_datasets, self.n_corrupt, "corrupt")
         self.corrupt_sigma_min = sm
         self.corrupt_sigma_max = sx
         self.rng = np.random.default_rng(seed)
@@ -208,7 +356,8 @@ class NoiseFirstSampler:
         self.bucket_edges = np.asarray(bucket_edges, dtype=np.float64)
         self.level_bucket = bucket_index(self.sigmas, self.bucket_edges)
 
-    def _build_tables(self, T: int) -> None:
+    def _grid_indices(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per corrupt item: its K_max group (K_max + 1, in [0, T]) and K_min on the grid."""
         thr = self.buffer.threshold(self.corrupt_sigma_min)
         k_min = np.searchsorted(self.sigmas, thr, side="left")  # first k with sigma_k >= thr
         if not self.buffer.strict:
@@ -220,24 +369,48 @@ class NoiseFirstSampler:
         k_max = np.searchsorted(self.sigmas, self.corrupt_sigma_max, side="right") - 1
         k_max = np.where(self.corrupt_sigma_max > 0, k_max, -1)
         k_min = np.where(k_max + 1 >= k_min, 0, k_min)  # windows overlap: eligible everywhere
-        group = k_max + 1  # in [0, T]
-        self._order = np.lexsort((k_min, group))
-        G = T + 1
-        hist = np.bincount(group * (T + 1) + k_min, minlength=G * (T + 1)).reshape(G, T + 1)
-        size = hist.sum(axis=1)
-        self._group_start = np.concatenate([[0], np.cumsum(size)[:-1]])
-        cum_le = np.cumsum(hist, axis=1)[:, :T]  # (G, T): items in group with K_min <= k
-        whole = (np.arange(G)[:, None] - 1) >= np.arange(T)[None, :]  # K_max >= k
-        per_level = np.where(whole, size[:, None], cum_le).T  # (T, G)
-        self._cum = np.cumsum(per_level, axis=1)
+        return k_max + 1, k_min
+
+    def _build_tables(self, T: int) -> None:
+        group, k_min = self._grid_indices(T)
+        self._all = _ItemTables.build(np.zeros_like(group), group, k_min, 1, T)
+        self._cum = self._all.cum  # (T, T + 1)
         self.eligible_corrupt = self._cum[:, -1].copy()
+        # Per-dataset tables: weighted draws need them, the share report only their counts.
+        sizes = self.corrupt_datasets.sizes
+        D = len(sizes)
+        ds = np.repeat(np.arange(D), sizes)
+        weighted = self.corrupt_datasets.weights is not None
+        by_ds = _ItemTables.build(ds, group, k_min, D, T, sort=weighted) if D > 1 else self._all
+        self._by_dataset = by_ds
+        # (T, D) mass of each dataset's eligible items in the corrupt mixture; F_k = row sum.
+        eligible = by_ds.eligible() if D else np.zeros((T, 0))
+        self._corrupt_mass = eligible * self.corrupt_datasets.item_mass()[None, :]
+        cw = self.clean_datasets
+        clean_mass = cw.item_mass() * np.asarray(cw.sizes, dtype=np.float64)
+        self._clean_q = clean_mass / clean_mass.sum() if clean_mass.sum() > 0 else clean_mass
+        self._clean_start = np.concatenate([[0], np.cumsum(cw.sizes)[:-1]]).astype(np.int64)
+        self._clean_cum = np.cumsum(self._clean_q)
+        self._clean_last = int(np.flatnonzero(self._clean_q > 0)[-1]) if self.n_clean else 0
+        tot = self._corrupt_mass.sum(axis=1, keepdims=True)
+        q = np.divide(
+            self._corrupt_mass, tot, out=np.zeros_like(self._corrupt_mass), where=tot > 0
+        )
+        self._corrupt_q = q  # (T, D): P(dataset | level k, corrupt pool)
+        cum = np.cumsum(q, axis=1)
+        self._dataset_search = _RowSearch.of(cum, 2.0) if D else None
+        last = np.where(q > 0, np.arange(D)[None, :], 0).max(axis=1, initial=0)
+        self._dataset_last = last  # the last dataset with mass at each level (float-safe clamp)
 
     def _corrupt_share_per_level(self) -> np.ndarray:
         c = self.eligible_corrupt.astype(np.float64)
         if self.n_clean == 0:
             return (c > 0).astype(np.float64)
         if self.pool == "proportional":
-            return c / (self.n_clean + c)
+            if self.corrupt_datasets.weights is None:
+                return c / (self.n_clean + c)
+            eff = self.n_corrupt * self._corrupt_mass.sum(axis=1)  # n_c F_k
+            return np.where(c > 0, eff / (self.n_clean + eff), 0.0)
         if self.pool == "fixed":
             return np.where(c > 0, 1.0 - float(self.alpha or 0.0), 0.0)
         assert self.soft_share is not None  # MixingRule defaults it for pool "soft"
@@ -247,6 +420,47 @@ class NoiseFirstSampler:
     def expected_corrupt_share(self) -> np.ndarray:
         """P(corrupt | level k) for every grid level: the formula each pool mode implements."""
         return self.corrupt_share.copy()
+
+    def expected_dataset_share(self) -> np.ndarray:
+        """P(dataset | level k), shape (T, clean datasets + corrupt datasets), clean first in
+        the order of ``rule.clean_datasets`` / ``rule.corrupt_datasets`` (one column per pool
+        when those are not given). ``level_p @ shares`` is each dataset's share of all draws."""
+        s = self.corrupt_share[:, None]
+        return np.hstack([(1.0 - s) * self._clean_q[None, :], s * self._corrupt_q])
+
+    def dataset_share_summary(self) -> list[dict[str, Any]]:
+        """Per column of ``expected_dataset_share``: ``share`` of all draws and
+        ``share_by_sigma`` per sigma bucket (label -> share), for a run's log."""
+        per_level = self.expected_dataset_share()
+        n_b = len(self.bucket_edges) - 1
+        p_b = np.bincount(self.level_bucket, weights=self.level_p, minlength=n_b)
+        labels = self.bucket_labels()
+        out = []
+        for col in per_level.T:
+            by_b = np.bincount(self.level_bucket, weights=self.level_p * col, minlength=n_b)
+            by_sigma = {
+                lab: round(float(v / p), 6)
+                for lab, v, p in zip(labels, by_b, p_b, strict=True)
+                if p
+            }
+            out.append({"share": round(float(self.level_p @ col), 6), "share_by_sigma": by_sigma})
+        return out
+
+    def _draw_clean(self, n: int) -> np.ndarray:
+        if self.clean_datasets.weights is None:
+            return self.rng.integers(0, self.n_clean, size=n)
+        d = np.searchsorted(self._clean_cum, self.rng.random(n), side="right")
+        d = np.minimum(d, self._clean_last)  # float round-off at the top end
+        sizes = np.asarray(self.clean_datasets.sizes, dtype=np.int64)
+        return self._clean_start[d] + self.rng.integers(0, sizes[d])
+
+    def _draw_corrupt(self, k: np.ndarray) -> np.ndarray:
+        if self.corrupt_datasets.weights is None:
+            return self._all.draw(self.rng, np.zeros_like(k), k)
+        assert self._dataset_search is not None  # weights imply at least one dataset
+        d = self._dataset_search(k, self.rng.random(k.size))
+        d = np.minimum(d, self._dataset_last[k])  # float round-off at the top end
+        return self._by_dataset.draw(self.rng, d, k)
 
     def sample(self, batch_size: int) -> SamplerBatch:
         """Draw ``batch_size`` (level, item) pairs."""
@@ -259,15 +473,10 @@ class NoiseFirstSampler:
         items = np.empty(batch_size, dtype=np.int64)
         n_cl = int((~corrupt).sum())
         if n_cl:
-            items[~corrupt] = rng.integers(0, self.n_clean, size=n_cl)
+            items[~corrupt] = self._draw_clean(n_cl)
         kc = k[corrupt]
         if kc.size:
-            cum = self._cum[kc]  # (b, G)
-            r = np.floor(rng.random(kc.size) * cum[:, -1]).astype(np.int64)
-            g = (cum <= r[:, None]).sum(axis=1)  # searchsorted per row, G <= T + 1 columns
-            before = np.where(g > 0, cum[np.arange(kc.size), np.maximum(g - 1, 0)], 0)
-            local = self._order[self._group_start[g] + (r - before)]
-            items[corrupt] = self.n_clean + local
+            items[corrupt] = self.n_clean + self._draw_corrupt(kc)
         sig = self.sigmas[k]
         cid = np.where(corrupt, items - self.n_clean, 0)
         low = corrupt & (sig <= self.corrupt_sigma_max[cid]) if self.n_corrupt else corrupt

@@ -2,7 +2,9 @@
 
 Goals (issue 2): per-batch sampler cost flat within 1.5x from N = 1e3 to 1e7 corrupt items;
 ambient train step <= 1.05x a plain denoising step on the same model and batch size.
-Usage: .venv/bin/python benchmarks/sampler.py [--max-n 10000000] [--steps 60]
+``--datasets D`` (issue 15) also times weighted draws over D corrupt datasets (an Open-X-like
+mixture, one sigma_min and weight each) next to the unweighted draw, interleaved, as a ratio.
+Usage: .venv/bin/python benchmarks/sampler.py [--max-n 10000000] [--steps 60] [--datasets 48]
 """
 
 from __future__ import annotations
@@ -18,12 +20,26 @@ import torch
 
 from ambient_core.data import ChunkDataset, ChunkSpec, episodes_to_table, frames_from_table
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicySpec
-from ambient_core.sampler import Buffer, MixingRule, NoiseFirstSampler
+from ambient_core.sampler import Buffer, MixingRule, NoiseFirstSampler, PoolDatasets
 from ambient_core.schedule import ddpm_sigmas
 from ambient_core.train import TrainConfig, make_state, train_step
 
 
-def sampler_cost(max_n: int, batch: int, reps: int) -> list[dict[str, float]]:
+def _median_batch_us(samplers: list[NoiseFirstSampler], batch: int, reps: int) -> list[float]:
+    """Median per-batch time of each sampler, interleaved so load changes hit them alike."""
+    for s in samplers:
+        for _ in range(20):
+            s.sample(batch)
+    times: list[list[float]] = [[] for _ in samplers]
+    for _ in range(reps):
+        for i, s in enumerate(samplers):
+            t = time.perf_counter()
+            s.sample(batch)
+            times[i].append(time.perf_counter() - t)
+    return [round(statistics.median(t) * 1e6, 1) for t in times]
+
+
+def sampler_cost(max_n: int, batch: int, reps: int, datasets: int = 0) -> list[dict[str, float]]:
     sig = ddpm_sigmas()
     rng = np.random.default_rng(0)
     out = []
@@ -34,20 +50,25 @@ def sampler_cost(max_n: int, batch: int, reps: int) -> list[dict[str, float]]:
         t0 = time.perf_counter()
         s = NoiseFirstSampler(100, sm, sx, sigmas=sig, rule=MixingRule(Buffer(1.1)), seed=0)
         build = time.perf_counter() - t0
-        for _ in range(20):
-            s.sample(batch)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            s.sample(batch)
-            times.append(time.perf_counter() - t)
-        out.append(
-            {
-                "n_corrupt": n,
-                "build_s": round(build, 4),
-                "batch_us_median": round(statistics.median(times) * 1e6, 1),
+        row = {"n_corrupt": n, "build_s": round(build, 4)}
+        if datasets:
+            sizes = np.diff(np.linspace(0, n, datasets + 1).astype(int))
+            mix = PoolDatasets(tuple(sizes), tuple(rng.uniform(0.1, 1.0, datasets)))
+            sm_d = np.repeat(rng.uniform(0, 0.8, datasets), sizes)  # one sigma_min per dataset
+            t0 = time.perf_counter()
+            w = NoiseFirstSampler(
+                100, sm_d, sigmas=sig, rule=MixingRule(Buffer(1.1), corrupt_datasets=mix)
+            )
+            row["weighted_build_s"] = round(time.perf_counter() - t0, 4)
+            plain, weighted = _median_batch_us([s, w], batch, reps)
+            row |= {
+                "weighted_batch_us_median": weighted,
+                "weighted_over_plain": round(weighted / plain, 3),
             }
-        )
+        else:
+            (plain,) = _median_batch_us([s], batch, reps)
+        row["batch_us_median"] = plain
+        out.append(row)
         n *= 10
     return out
 
@@ -130,10 +151,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--datasets", type=int, default=0, help="also time D weighted datasets")
+    ap.add_argument("--no-train", action="store_true", help="skip the train-step timing")
     a = ap.parse_args()
-    cost = sampler_cost(a.max_n, a.batch, a.reps)
+    cost = sampler_cost(a.max_n, a.batch, a.reps, a.datasets)
     med = [c["batch_us_median"] for c in cost]
-    step = step_times(a.steps, a.batch, a.threads)
+    step = None if a.no_train else step_times(a.steps, a.batch, a.threads)
     print(
         json.dumps(
             {

@@ -27,7 +27,7 @@ from ambient_core.data import ChunkDataset, ChunkSpec, Frames
 from ambient_core.envs.registry import EvalResult, Task, get_task
 from ambient_core.errors import ConfigError
 from ambient_core.policy import DiffusionPolicy, Normalizer, PolicyRunner, PolicySpec
-from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler
+from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler, PoolDatasets
 from ambient_core.schedule import ddpm_sigmas
 from ambient_core.train import (
     Callback,
@@ -170,6 +170,16 @@ class _Thresholds:
     sigma_min: np.ndarray | None  # per corrupt chunk
     sigma_max: np.ndarray | None
     derived: list[np.ndarray]  # per annotated dataset, the derived sigma_min
+    clean: PoolDatasets  # chunk counts and sampling weights of the clean datasets
+    corrupt: PoolDatasets
+
+
+def _pool(loaded: list[_Loaded], kind: str) -> PoolDatasets:
+    """Chunk counts and weights of one pool's datasets (config order = chunk id order)."""
+    refs = [ds for ds in loaded if ds.kind == kind]
+    w = [ds.ref.weight for ds in refs if ds.ref.weight is not None]  # all or none (config)
+    sizes = tuple(int(ds.info["chunks"]) for ds in refs)
+    return PoolDatasets(sizes, tuple(w) if w and len(w) == len(refs) else None)
 
 
 def _thresholds(cfg: RunConfig, loaded: list[_Loaded], data: ChunkDataset) -> _Thresholds:
@@ -195,7 +205,8 @@ def _thresholds(cfg: RunConfig, loaded: list[_Loaded], data: ChunkDataset) -> _T
     def cat(parts: list[np.ndarray]) -> np.ndarray | None:
         return np.concatenate(parts) if parts else None
 
-    return _Thresholds(n_clean, cat(sm_parts), cat(sx_parts), derived)
+    pools = _pool(loaded, "clean"), _pool(loaded, "corrupt")
+    return _Thresholds(n_clean, cat(sm_parts), cat(sx_parts), derived, *pools)
 
 
 def _sampler(cfg: RunConfig, th: _Thresholds, total: int) -> NoiseFirstSampler:
@@ -209,7 +220,9 @@ def _sampler(cfg: RunConfig, th: _Thresholds, total: int) -> NoiseFirstSampler:
         th.sigma_min,
         th.sigma_max,
         sigmas=ddpm_sigmas(),
-        rule=MixingRule(Buffer(m.buffer_mult, m.buffer_add), m.pool, m.alpha, soft),
+        rule=MixingRule(
+            Buffer(m.buffer_mult, m.buffer_add), m.pool, m.alpha, soft, th.clean, th.corrupt
+        ),
         seed=cfg.train.seed,
     )
 
@@ -282,6 +295,8 @@ def prepare(cfg: RunConfig, phases: Phases | None = None) -> PreparedRun:
     with ph("sampler"):
         th = _thresholds(cfg, loaded, data)
         sampler = _sampler(cfg, th, len(data))
+        for ds, shares in zip(loaded, sampler.dataset_share_summary(), strict=True):
+            ds.info.update(weight=ds.ref.weight, **shares)  # logged as dataset_shares.json
     with ph("model"):
         state = make_state(_policy(cfg, task, data), sampler, _train_config(cfg))
     return PreparedRun(task, state, data, [ds.info for ds in loaded], th.derived)
@@ -412,6 +427,8 @@ def _log_inputs(tracker: RunTracker, cfg: RunConfig, run: PreparedRun) -> None:
             tracker.log_dataset(f"{d['name']}-annotation", a["digest"], a["uri"], "annotation")
     sampler = run.state.sampler
     tracker.set_tags({"chunks_clean": sampler.n_clean, "chunks_corrupt": sampler.n_corrupt})
+    keys = ("name", "kind", "chunks", "weight", "share", "share_by_sigma")
+    tracker.log_dict([{k: d.get(k) for k in keys} for d in run.datasets], "dataset_shares.json")
     derived = run.derived_sigma_min
     if derived:
         # The thresholds the run really uses: data.corrupt.N.sigma_min is 0.0 in the params.
@@ -498,7 +515,8 @@ class _Training:
         config = cfg.model_dump(mode="json")
         with ph("plots"):
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            plot_sampler(run.state.sampler, self.out_dir / "sampler.png")
+            if cfg.eval.plot:  # off in sweeps of short trials: matplotlib costs ~1 s a run
+                plot_sampler(run.state.sampler, self.out_dir / "sampler.png")
         with ph("fit"):
             cb = self.fit(report)
         train_s = time.perf_counter() - self.t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -140,7 +141,7 @@ def test_task_names_come_from_the_registry(tmp_path: Path) -> None:
 def test_one_dotted_path_helper_for_overrides_spaces_and_constraints() -> None:
     from ambient_platform.config.base import PathError, get_path, set_path
 
-    d = {"a": {"b": [{"c": 1}], "n": None}}
+    d: dict[str, Any] = {"a": {"b": [{"c": 1}], "n": None}}
     assert get_path(d, "a.b.0.c") == 1
     set_path(d, "a.b.0.c", 2)
     assert d["a"]["b"][0]["c"] == 2
@@ -164,3 +165,72 @@ def test_horizon_rules_are_the_runtime_ones() -> None:
         load_run_config(path, ["policy.horizon=10"])
     with pytest.raises(ConfigError, match=r"n_action_steps = 17 exceeds horizon 16"):
         load_run_config(path, ["policy.n_action_steps=16"])
+
+
+# ------------------------------------------------------------------ dataset weights (mixing ratio)
+
+_TWO_CORRUPT = {
+    "task": "maze",
+    "data": {
+        "clean": [{"path": "c"}],
+        "corrupt": [
+            {"path": "a", "sigma_min": 0.074, "weight": 1.0},
+            {"path": "b", "sigma_min": 0.3, "weight": 3.0},
+        ],
+    },
+    "mixing": {"pool": "fixed", "alpha": 0.5},
+}
+
+
+def test_dataset_weights_default_to_none_and_are_dotted_overrides() -> None:
+    amb = load_run_config(CONFIGS[0].parent / "maze_ambient.yaml")
+    assert all(d.weight is None for d in [*amb.data.clean, *amb.data.corrupt])
+    cfg = load_run_config(None, ["data.corrupt.1.weight=0.25"], base=_TWO_CORRUPT)
+    assert [d.weight for d in cfg.data.corrupt] == [1.0, 0.25]
+    assert flatten(cfg)["data.corrupt.1.weight"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ("0", "data.corrupt.1.weight: Input should be greater than 0"),
+        ("-1", "data.corrupt.1.weight: Input should be greater than 0"),
+        (".inf", "data.corrupt.1.weight: Input should be a finite number"),
+        ("heavy", "data.corrupt.1.weight: Input should be a valid number"),
+    ],
+)
+def test_bad_dataset_weight_names_the_field(value: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(None, [f"data.corrupt.1.weight={value}"], base=_TWO_CORRUPT)
+
+
+def test_weights_on_some_datasets_of_a_pool_only_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"data.corrupt.1.weight is missing but data.corrupt.0"):
+        load_run_config(None, ["data.corrupt.1.weight=null"], base=_TWO_CORRUPT)
+    # Pools are independent: weighted corrupt datasets with an unweighted clean pool are fine.
+    cfg = load_run_config(None, base=_TWO_CORRUPT)
+    assert cfg.data.clean[0].weight is None
+
+
+def test_a_sweep_spans_alpha_and_a_dataset_weight(tmp_path: Path) -> None:
+    from ambient_platform.config.sweep import load_sweep
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(_TWO_CORRUPT))
+    spec: dict[str, Any] = {
+        "name": "mix",
+        "base_config": "base.yaml",
+        "space": {
+            "mixing.alpha": {"grid": [0.3, 0.7]},
+            "data.corrupt.1.weight": {"grid": [0.5, 2.0]},
+        },
+        "searcher": {"kind": "grid"},
+        "metric": "success_rate",
+    }
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "mix.yaml")
+    cfg = sweep.trial_config({"mixing.alpha": 0.3, "data.corrupt.1.weight": 2.0})
+    assert cfg.mixing.alpha == 0.3 and [d.weight for d in cfg.data.corrupt] == [1.0, 2.0]
+    spec["space"]["data.corrupt.1.weight"] = {"grid": [0, 2.0]}
+    (tmp_path / "zero.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"space.data.corrupt.1.weight: value 0 is invalid"):
+        load_sweep(tmp_path / "zero.yaml")

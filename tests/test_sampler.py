@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler
+from ambient_core.sampler import Buffer, LinearRamp, MixingRule, NoiseFirstSampler, PoolDatasets
 from ambient_core.schedule import ddpm_sigmas
 
 SIG = ddpm_sigmas()
@@ -165,3 +165,143 @@ def test_batch_cost_does_not_touch_n() -> None:
     """Structural check (timing lives in benchmarks/): per-level tables are (T, T + 1)."""
     s = NoiseFirstSampler(10, np.random.default_rng(0).uniform(0, 1, 200_000), sigmas=SIG)
     assert s._cum.shape == (100, 101)
+
+
+# ------------------------------------------------------------------ per-dataset sampling weights
+
+
+def _dataset_of(items: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    return np.searchsorted(np.cumsum(sizes), items, side="right")
+
+
+def _chi2(counts: np.ndarray, expected: np.ndarray) -> float:
+    pos = expected > 0
+    assert np.all(counts[~pos] == 0), "a dataset with zero share was drawn"
+    return float(((counts[pos] - expected[pos]) ** 2 / expected[pos]).sum())
+
+
+def test_weighted_dataset_shares_match_the_weights_at_every_level() -> None:
+    """Two clean and three corrupt datasets, one sigma_min each (the Open-X shape): at a level
+    the eligible corrupt datasets split the corrupt pool by weight, the clean ones split alpha."""
+    clean = PoolDatasets((40, 400), (3.0, 1.0))
+    corrupt = PoolDatasets((1000, 300, 2000), (0.5, 0.3, 0.2))
+    sm = np.repeat([0.0, 0.3, 0.7], corrupt.sizes)
+    rule = MixingRule(pool="fixed", alpha=0.4, clean_datasets=clean, corrupt_datasets=corrupt)
+    s = NoiseFirstSampler(440, sm, sigmas=SIG, rule=rule, seed=11)
+    want = {  # P(dataset | k) at levels with 1, 2 and 3 eligible corrupt datasets
+        10: [0.3, 0.1, 0.6, 0.0, 0.0],
+        int(np.argmax(SIG > 0.5)): [0.3, 0.1, 0.6 * 5 / 8, 0.6 * 3 / 8, 0.0],
+        99: [0.3, 0.1, 0.3, 0.18, 0.12],
+    }
+    shares = s.expected_dataset_share()
+    for k, w in want.items():
+        assert np.allclose(shares[k], w), k
+    d = _draw(s, 400_000)
+    ds = np.where(d["is_corrupt"], 2 + _dataset_of(d["items"] - 440, corrupt.sizes), 0)
+    ds = np.where(d["is_corrupt"], ds, _dataset_of(d["items"], clean.sizes))
+    for k in want:
+        at = d["levels"] == k
+        counts = np.bincount(ds[at], minlength=5)
+        # 5 datasets (<= 4 dof): p ~ 1e-4 cut-off at 23.5; swapped weights give chi2 ~ 1000.
+        assert _chi2(counts, at.sum() * shares[k]) < 23.5, (k, counts)
+    cid = d["items"][d["is_corrupt"]] - 440
+    assert _eligible(s, cid, d["sigmas"][d["is_corrupt"]]).all()
+
+
+def test_a_partly_eligible_dataset_keeps_its_weight_per_item() -> None:
+    """Per-chunk thresholds: dataset A's mass is its weight times its eligible fraction, spread
+    uniformly over its eligible items (no chunk absorbs its dataset's whole weight)."""
+    sizes = (100, 100)
+    sm = np.concatenate([np.where(np.arange(100) < 10, 0.0, 0.9), np.zeros(100)])
+    rule = MixingRule(corrupt_datasets=PoolDatasets(sizes, (0.8, 0.2)))
+    s = NoiseFirstSampler(0, sm, sigmas=SIG, rule=rule, seed=12)
+    frac_a = 0.8 * 10 / 100 / (0.8 * 10 / 100 + 0.2)  # 2/7, not 0.8
+    assert np.allclose(s.expected_dataset_share()[0], [0.0, frac_a, 1 - frac_a])
+    d = _draw(s, 200_000)
+    low = d["levels"] < 50  # sigma < 0.9: A's items 0..9 only
+    items = d["items"][low]
+    assert abs(np.mean(items < 100) - frac_a) < 0.01
+    counts = np.bincount(items, minlength=200)
+    assert counts[10:100].sum() == 0
+    per_item = np.concatenate([counts[:10], counts[100:]])
+    want = low.sum() * np.concatenate([np.full(10, frac_a / 10), np.full(100, (1 - frac_a) / 100)])
+    assert _chi2(per_item, want) < 180  # 109 dof, p ~ 1e-4
+
+
+def test_proportional_pool_with_weights_conditions_the_mixture() -> None:
+    """proportional: s_k = n_c F_k / (n + n_c F_k), F_k the eligible mass of the corrupt
+    mixture; all eligible -> n_c / (n + n_c) as without weights."""
+    corrupt = PoolDatasets((600, 400), (0.2, 0.8))
+    sm = np.repeat([0.0, 0.5], corrupt.sizes)
+    s = NoiseFirstSampler(500, sm, sigmas=SIG, rule=MixingRule(corrupt_datasets=corrupt), seed=13)
+    share = s.expected_corrupt_share()
+    hi = SIG > 0.5
+    assert np.allclose(share[hi], 1000 / 1500)
+    assert np.allclose(share[~hi], 1000 * 0.2 / (500 + 1000 * 0.2))
+    got = _share_per_level(_draw(s, 300_000))
+    assert np.abs(got - share).max() < 0.035
+    # Weights proportional to sizes are the unweighted rule again (in distribution).
+    same = MixingRule(corrupt_datasets=PoolDatasets((600, 400), (6.0, 4.0)))
+    a = NoiseFirstSampler(500, sm, sigmas=SIG, rule=same)
+    b = NoiseFirstSampler(
+        500, sm, sigmas=SIG, rule=MixingRule(corrupt_datasets=PoolDatasets((600, 400)))
+    )
+    assert np.allclose(a.expected_corrupt_share(), b.expected_corrupt_share())
+    assert np.allclose(a.expected_dataset_share(), b.expected_dataset_share())
+
+
+def test_unweighted_datasets_keep_the_draws_bit_for_bit() -> None:
+    rng = np.random.default_rng(14)
+    sm, sx = rng.uniform(0, 0.8, 3000), np.where(rng.random(3000) < 0.3, 0.2, 0.0)
+    plain = NoiseFirstSampler(200, sm, sx, sigmas=SIG, rule=MixingRule(Buffer(1.1)), seed=3)
+    rule = MixingRule(
+        Buffer(1.1),
+        clean_datasets=PoolDatasets((150, 50)),
+        corrupt_datasets=PoolDatasets((1000, 500, 1500)),
+    )
+    split = NoiseFirstSampler(200, sm, sx, sigmas=SIG, rule=rule, seed=3)
+    for _ in range(5):
+        x, y = plain.sample(512), split.sample(512)
+        assert np.array_equal(x.items, y.items) and np.array_equal(x.levels, y.levels)
+    # Per-dataset shares still add up to the pool shares.
+    sh = split.expected_dataset_share()
+    assert np.allclose(sh[:, 2:].sum(axis=1), split.expected_corrupt_share())
+    assert np.allclose(sh[:, :2], (1 - split.expected_corrupt_share())[:, None] * [0.75, 0.25])
+    summary = split.dataset_share_summary()
+    assert len(summary) == 5 and abs(sum(x["share"] for x in summary) - 1.0) < 1e-5
+
+
+def test_weighted_draws_are_reproducible_and_resumable() -> None:
+    rule = MixingRule(
+        clean_datasets=PoolDatasets((10, 20), (1.0, 2.0)),
+        corrupt_datasets=PoolDatasets((500, 500), (1.0, 3.0)),
+    )
+    sm = np.repeat([0.2, 0.6], 500)
+    a = NoiseFirstSampler(30, sm, sigmas=SIG, rule=rule, seed=9)
+    b = NoiseFirstSampler(30, sm, sigmas=SIG, rule=rule, seed=9)
+    a.sample(64)
+    b.load_state_dict(a.state_dict())
+    x, y = a.sample(64), b.sample(64)
+    assert np.array_equal(x.items, y.items) and np.array_equal(x.levels, y.levels)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"sizes": (3, 4), "weights": (1.0, 0.0)}, "dataset 1 has 0.0"),
+        ({"sizes": (3, 4), "weights": (-1.0, 1.0)}, "dataset 0 has -1.0"),
+        ({"sizes": (3, 4), "weights": (1.0, float("inf"))}, "positive and finite"),
+        ({"sizes": (3, 4), "weights": (float("nan"), 1.0)}, "positive and finite"),
+        ({"sizes": (3, 4), "weights": (1.0,)}, "1 weights for 2 datasets"),
+        ({"sizes": (3, -4)}, "sizes must be >= 0"),
+    ],
+)
+def test_bad_dataset_weights(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PoolDatasets(**kwargs)
+
+
+def test_dataset_sizes_must_cover_the_pool() -> None:
+    rule = MixingRule(corrupt_datasets=PoolDatasets((5, 4), (1.0, 1.0)))
+    with pytest.raises(ValueError, match="add up to 9, but there are 10 corrupt items"):
+        NoiseFirstSampler(1, np.zeros(10), sigmas=SIG, rule=rule)

@@ -9,10 +9,11 @@ that enforce them at run time, so the schema never disagrees with what would run
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ambient_core.envs.registry import task_names
 from ambient_platform.config.base import (
@@ -55,6 +56,14 @@ class DatasetRef(StrictModel):
     sigma_min / sigma_max are sigma-space thresholds (VP, in [0, 1]) applied to every chunk of
     the dataset; clean datasets ignore them (always 0). With ``annotation`` the per-chunk
     sigma_min is derived from score curves instead and ``sigma_min`` must stay 0.
+
+    ``weight`` is the dataset's sampling weight inside its pool (clean, or corrupt at a level):
+    None (the default) draws a pool's eligible chunks uniformly, so a dataset's share follows
+    its size; weights (all datasets of the pool, or none) give every chunk of dataset d the
+    mass weight_d / chunks_d, conditioned on eligibility at each noise level. With one
+    sigma_min per dataset the datasets eligible at a level split the pool by weight. Only the
+    ratio of weights within a pool matters; ``mixing.alpha`` (pool ``fixed``) stays the clean
+    share. ``ambient_core.sampler`` has the exact rule and how ``proportional`` uses weights.
     """
 
     path: str
@@ -63,6 +72,7 @@ class DatasetRef(StrictModel):
     sigma_max: UnitFloat = 0.0
     max_episodes: int | None = Field(None, ge=1)
     annotation: AnnotationRef | None = None
+    weight: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _one_source_of_sigma_min(self) -> DatasetRef:
@@ -83,6 +93,23 @@ class DataConfig(StrictModel):
     clean: list[DatasetRef] = Field(default_factory=list)
     corrupt: list[DatasetRef] = Field(default_factory=list)
     generate: GenerateConfig | None = None
+
+    @field_validator("clean", "corrupt")
+    @classmethod
+    def _weights_all_or_none(
+        cls, refs: list[DatasetRef], info: ValidationInfo
+    ) -> list[DatasetRef]:
+        """A weight on some datasets of a pool but not others has no meaning (weights are
+        relative; sizes are not): name the first dataset that lacks one."""
+        given = [r.weight is not None for r in refs]
+        if any(given) and not all(given):
+            i, j = given.index(True), given.index(False)
+            pool = info.field_name
+            raise ValueError(
+                f"data.{pool}.{j}.weight is missing but data.{pool}.{i}.weight is set: give "
+                f"every {pool} dataset a weight, or none (shares follow dataset sizes)"
+            )
+        return refs
 
     @model_validator(mode="after")
     def _some_data(self) -> DataConfig:
@@ -248,6 +275,6 @@ def load_run_config(
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Load, override and validate a run config from a file (or a dict)."""
-    data = load_yaml(path) if path is not None else dict(base or {})
+    data = load_yaml(path) if path is not None else copy.deepcopy(base or {})  # overrides mutate
     apply_overrides(data, list(overrides or []))
     return validate(RunConfig, data, str(path) if path is not None else "<config>")

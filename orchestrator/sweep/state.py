@@ -106,7 +106,7 @@ def spec_digest(sweep: Sweep) -> str:
     """What a resumed sweep must share with the one that started (not concurrency, budget)."""
     s = sweep.spec
     what = {
-        "base": sweep.base,
+        "base": _without_nones(sweep.base),
         "space": {p: e.model_dump() for p, e in s.space.items()},
         "constraints": [c.text for c in sweep.constraints],
         "seeds": s.seeds,
@@ -117,6 +117,16 @@ def spec_digest(sweep: Sweep) -> str:
         "num_samples": s.num_samples,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _without_nones(value: Any) -> Any:
+    """Unset optional fields left out, so a field added to the schema later (default None)
+    does not make a sweep started before the upgrade unresumable."""
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
 
 
 def experiment_root(sweep: Sweep) -> StorageRoot:
