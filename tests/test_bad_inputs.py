@@ -253,6 +253,35 @@ RUN_CONFIG_ROWS: list[Row] = [
         "finite",
     ),
     (
+        "zero dataset weight",
+        lambda w: w.train("--set", "data.corrupt.0.weight=0"),
+        "data.corrupt.0.weight: Input should be greater than 0",
+    ),
+    (
+        "negative dataset weight",
+        lambda w: w.train("--set", "data.corrupt.0.weight=-1"),
+        "data.corrupt.0.weight: Input should be greater than 0",
+    ),
+    (
+        "non-finite dataset weight (.inf)",
+        lambda w: w.train("--set", "data.corrupt.0.weight=.inf"),
+        "data.corrupt.0.weight: Input should be a finite number",
+    ),
+    (
+        "dataset weight not a number",
+        lambda w: w.train("--set", "data.corrupt.0.weight=heavy"),
+        "data.corrupt.0.weight: Input should be a valid number",
+    ),
+    (
+        "weights on only some datasets of a pool",
+        lambda w: w.train(
+            "--set",
+            f"data.corrupt=[{{path: {w.corrupt}, name: a, weight: 2}}, "
+            f"{{path: {w.corrupt}, name: b}}]",
+        ),
+        "data.corrupt.1.weight is missing but data.corrupt.0.weight is set",
+    ),
+    (
         "no datasets (empty lists)",
         lambda w: w.train("--set", "data.clean=[]", "--set", "data.corrupt=[]"),
         "at least one clean or corrupt dataset",
