@@ -124,16 +124,18 @@ def center_crop(images: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
 def random_crop(
     images: torch.Tensor, crop: tuple[int, int], generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """An independent random (h, w) window per image (diffusion_policy's CropRandomizer)."""
-    n, c, height, width = images.shape
+    """An independent random (h, w) window per image (diffusion_policy's CropRandomizer).
+
+    The windows are gathered from an ``unfold`` view, one (C, h, w) block per image: several
+    times cheaper than indexing every pixel, and it works on uint8, so callers crop before
+    converting to float (4x fewer bytes to convert).
+    """
+    n, _, height, width = images.shape
     h, w = crop
     top = torch.randint(0, height - h + 1, (n,), generator=generator, device=images.device)
     left = torch.randint(0, width - w + 1, (n,), generator=generator, device=images.device)
-    rows = (top[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    chan = torch.arange(c, device=images.device)[None, :, None, None]
-    return images[batch, chan, rows, cols]
+    windows = images.unfold(2, h, 1).unfold(3, w, 1)  # (N, C, H - h + 1, W - w + 1, h, w)
+    return windows[torch.arange(n, device=images.device), :, top, left]
 
 
 class RgbEncoder(nn.Module):
@@ -169,9 +171,14 @@ class RgbEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) in [0, 255] (uint8 or float) -> (N, feature_dim)."""
-        x = images.float() * (2.0 / 255.0) - 1.0  # [-1, 1]; fixed, so no image statistics needed
-        if self.crop is not None:
+        x = images
+        if self.crop is not None:  # crop first: uint8 windows are 4x cheaper to move than float
             x = random_crop(x, self.crop) if self.training else center_crop(x, self.crop)
+        # channels_last on the CPU: oneDNN's convolutions and GroupNorm run NHWC natively (about
+        # 15% of the encoder's CPU time); elsewhere the layout is left to the backend.
+        fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+        x = x.to(dtype=torch.float32, memory_format=fmt, copy=True)
+        x = x.mul_(2.0 / 255.0).sub_(1.0)  # [-1, 1]; fixed, so no image statistics needed
         return torch.relu(self.out(self.pool(self.backbone(x))))
 
 

@@ -8,7 +8,13 @@ sampler stream, and their steps alternate so both see the same load on shared co
 run counts opening the dataset (metadata, Parquet) and every wait for a decode, the preloaded run
 only its steps (its frames were decoded before the clock started).
 
+One torch thread by default: on 2 cores shared with other jobs, two threads made a step about 14x
+slower (the OpenMP threads spin at each barrier while the other waits for a core: 3.1 CPU-s per
+step against 0.23). ``--compare-threads 2`` measures this on the preloaded run, its steps
+alternating between 1 and N threads.
+
 Usage: .venv/bin/python benchmarks/pixels.py [--episodes 30] [--steps 20] [--s3]
+       [--compare-threads 2]
 """
 
 from __future__ import annotations
@@ -71,10 +77,13 @@ class _Run:
         self.seconds, self.loss = 0.0, float("nan")
         policy.train()
 
-    def step(self) -> None:
+    def step(self) -> float:
+        """One step; returns its wall seconds (also added to the run's total)."""
         t0 = time.perf_counter()
         self.loss = float(train_step(self.state, self.data, self.sig)[0])
-        self.seconds += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.seconds += took
+        return took
 
     def report(self, steps: int, setup_s: float = 0.0) -> dict[str, Any]:
         total = self.seconds + setup_s
@@ -89,6 +98,31 @@ class _Run:
             "waits": stats.waits,
             "wait_s": round(stats.wait_s, 2),
         }
+
+
+def _compare_threads(run: _Run, threads: int, steps: int) -> dict[str, Any]:
+    """Steps/s and CPU-s per step at 1 vs ``threads`` torch threads, alternating step by step
+    (the order flips every pair) so both see the same load."""
+    wall: dict[int, float] = {1: 0.0, threads: 0.0}
+    cpu: dict[int, float] = {1: 0.0, threads: 0.0}
+    for i in range(steps):
+        for n in (1, threads) if i % 2 == 0 else (threads, 1):
+            torch.set_num_threads(n)
+            c0 = time.process_time()
+            wall[n] += run.step()
+            cpu[n] += time.process_time() - c0
+    torch.set_num_threads(1)
+    return {
+        "steps_each": steps,
+        **{
+            f"threads_{n}": {
+                "steps_per_s": round(steps / wall[n], 4),
+                "cpu_s_per_step": round(cpu[n] / steps, 3),
+            }
+            for n in wall
+        },
+        "speedup_1_thread": round(wall[threads] / wall[1], 2),
+    }
 
 
 def _decode_all(ds: LeRobotDataset) -> tuple[dict[int, np.ndarray], float]:
@@ -174,6 +208,9 @@ def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     streamed.cache.close()
     from_lerobot = lerobot.report(args.steps, setup_s)
     pre_report = preloaded.report(args.steps)
+    extra = {}
+    if args.compare_threads > 1:
+        extra["threads_ab"] = _compare_threads(warm, args.compare_threads, args.compare_steps)
     return {
         "benchmark": "pixels",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -201,6 +238,8 @@ def _run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "lerobot": from_lerobot,
         "ratio": round(from_lerobot["steps_per_s"] / pre_report["steps_per_s"], 3),
         "goal_ratio": 0.8,
+        "load_avg_1min": round(os.getloadavg()[0], 1),
+        **extra,
     }
 
 
@@ -212,7 +251,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--crop", type=int, default=84)
     p.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage channels (64)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: see above)")
+    p.add_argument("--compare-threads", type=int, default=0, help="also time 1 vs N threads")
+    p.add_argument("--compare-steps", type=int, default=6, help="steps per side of that")
     p.add_argument("--s3", action="store_true", help="put the dataset on a local moto S3 server")
     p.add_argument("--workdir", default=None)
     print(json.dumps(run(p.parse_args()), indent=2))

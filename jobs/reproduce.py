@@ -190,6 +190,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "train.steps=30000",
             "train.batch_size=64",
             "train.lr=1e-4",
+            "train.warmup_steps=500",
             "eval.episodes=200",
             "policy.down_dims=[64,128,256]",
             "policy.vision.backbone_width=64",

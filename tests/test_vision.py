@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ from ambient_core.vision import (
     random_crop,
 )
 
-SMALL = {"num_keypoints": 8, "width": 8}
+SMALL: dict[str, Any] = {"num_keypoints": 8, "width": 8}
 
 
 def test_resnet18_topology_and_groupnorm_everywhere() -> None:
@@ -41,6 +43,7 @@ def test_spatial_softmax_finds_the_bright_spot() -> None:
     ss = SpatialSoftmax(1, 5, 5, num_keypoints=1)
     with torch.no_grad():
         ss.keypoints.weight.fill_(50.0)
+        assert ss.keypoints.bias is not None
         ss.keypoints.bias.zero_()
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 4, 0] = 1.0  # bottom-left pixel -> x = -1, y = +1 (rows grow downwards)
@@ -63,6 +66,57 @@ def test_crops() -> None:
     for i, c in enumerate(crops):
         top, left = int(c[0, 0, 0]) % 64 // 8, int(c[0, 0, 0]) % 8
         assert torch.equal(c, img.repeat(16, 1, 1, 1)[i, :, top : top + 4, left : left + 4])
+
+
+def _pixelwise_random_crop(
+    images: torch.Tensor, crop: tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
+    """The reference: index every pixel of every window (same random draws as random_crop)."""
+    n, c, height, width = images.shape
+    h, w = crop
+    top = torch.randint(0, height - h + 1, (n,), generator=generator)
+    left = torch.randint(0, width - w + 1, (n,), generator=generator)
+    rows = (top[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w))[:, None, None, :]
+    return images[
+        torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
+
+
+def test_random_crop_matches_pixelwise_reference_on_uint8_and_float() -> None:
+    imgs = torch.randint(0, 256, (12, 3, 20, 18), dtype=torch.uint8)
+    for x in (imgs, imgs.float()):
+        fast = random_crop(x, (15, 11), generator=torch.Generator().manual_seed(7))
+        ref = _pixelwise_random_crop(x, (15, 11), torch.Generator().manual_seed(7))
+        assert fast.dtype == x.dtype and fast.shape == (12, 3, 15, 11)
+        assert torch.equal(fast, ref)
+
+
+def test_encoder_crops_uint8_first_with_the_same_result() -> None:
+    """Cropping before the [0, 255] -> [-1, 1] map (and channels_last on the CPU) changes only
+    float rounding, in both modes; a float input is not modified in place."""
+    torch.manual_seed(0)
+    enc = RgbEncoder((3, 48, 48), (40, 40), **SMALL)
+    x = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
+
+    def reference(images: torch.Tensor) -> torch.Tensor:
+        scaled = images.float() * (2.0 / 255.0) - 1.0
+        assert enc.crop is not None
+        if enc.training:
+            scaled = _pixelwise_random_crop(scaled, enc.crop, torch.default_generator)
+        else:
+            scaled = center_crop(scaled, enc.crop)
+        return torch.relu(enc.out(enc.pool(enc.backbone(scaled))))
+
+    for mode in (enc.eval, enc.train):
+        mode()
+        torch.manual_seed(3)
+        want = reference(x)
+        torch.manual_seed(3)
+        assert torch.allclose(enc(x), want, atol=1e-5)
+    xf = x.float()
+    enc(xf).sum().backward()
+    assert torch.equal(xf, x.float())
 
 
 def test_encoder_crop_mode_follows_train_eval() -> None:
@@ -136,7 +190,7 @@ def test_vision_policy_conditioning_and_gradients_reach_encoder() -> None:
     enc_params = list(policy.encoder.parameters())
     assert enc_params and all(p.grad is not None for p in enc_params)
     backbone = [p for n, p in policy.encoder.named_parameters() if ".backbone." in n]
-    assert any(float(p.grad.abs().sum()) > 0 for p in backbone)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in backbone)
     # the encoder is part of policy.model, so the training loop's optimiser sees it
     model_ids = {id(p) for p in policy.model.parameters()}
     assert all(id(p) in model_ids for p in enc_params)
