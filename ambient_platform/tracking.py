@@ -7,8 +7,10 @@ processes (``parent_run_id`` is a tag, not a per-process run stack).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ambient_platform.settings import ambient_home
+
+logger = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
@@ -27,6 +31,9 @@ KIND_TAG = "ambient.kind"
 NOTE_TAG = "mlflow.note.content"
 #: The legacy ``kind`` tag values mapped onto ``ambient.kind`` (sweep|trial|classifier|...).
 _KINDS = {"sweep-trial": "trial"}
+#: MLflow's switch for asynchronous logging; here it applies to metrics and tags of
+#: ``RunTracker`` (params stay synchronous: a conflicting value must fail where it is logged).
+ASYNC_ENV = "MLFLOW_ENABLE_ASYNC_LOGGING"
 
 
 def default_tracking_uri() -> str:
@@ -45,25 +52,50 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+_spent = [0.0]  # seconds this process's threads waited in MLflow calls (retry_locked)
+
+
+def mlflow_seconds() -> float:
+    """Seconds spent waiting for MLflow in this process so far (per-phase timing of runs)."""
+    return _spent[0]
+
+
 def retry_locked(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
     """Call ``fn``; SQLite allows one writer, so back off on 'database is locked' instead of
-    failing a run (every MLflow write of the platform goes through this)."""
+    failing a run (every MLflow call of the platform goes through this)."""
     delay = 0.1
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # MlflowException wraps sqlite3.OperationalError
-            if "locked" not in str(exc).lower() or i == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
+    t0 = time.perf_counter()
+    try:
+        for i in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # MlflowException wraps sqlite3.OperationalError
+                if "locked" not in str(exc).lower() or i == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+    finally:
+        _spent[0] += time.perf_counter() - t0
+
+
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (uri, name) -> id, known in this process
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """Get or create an experiment (create it in the driver before trials start)."""
+    """Get or create an experiment (create it in the driver before trials start); the id is
+    remembered per process, so a worker running trial after trial looks it up once."""
+    known = _EXPERIMENTS.get((uri, name))
+    if known is not None:
+        return known
+    exp_id = _get_or_create_experiment(uri, name)
+    _EXPERIMENTS[(uri, name)] = exp_id
+    return exp_id
+
+
+def _get_or_create_experiment(uri: str, name: str) -> str:
     client = _client(uri)
-    exp = client.get_experiment_by_name(name)
+    exp = retry_locked(client.get_experiment_by_name, name)
     if exp is not None:
         return str(exp.experiment_id)
     artifact_location = None
@@ -106,6 +138,39 @@ def close_abandoned_runs(uri: str, experiment: str, tag: str, value: str, reason
     return len(runs)
 
 
+def async_logging() -> bool:
+    """Whether metrics and tags are queued (MLflow's async logging) instead of written now."""
+    return os.environ.get(ASYNC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class _Pending:
+    """Async batches not yet known to be stored, per run: ``flush`` waits for them and
+    writes again (synchronously, retrying on a locked SQLite store) any that failed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ops: dict[str, list[tuple[Any, list[Any], list[Any]]]] = {}
+
+    def add(self, run_id: str, op: Any, metrics: list[Any], tags: list[Any]) -> None:
+        with self._lock:
+            self._ops.setdefault(run_id, []).append((op, metrics, tags))
+
+    def flush(self, client: Any, run_id: str) -> None:
+        with self._lock:
+            ops = self._ops.pop(run_id, [])
+        t0 = time.perf_counter()
+        for op, metrics, tags in ops:
+            try:
+                op.wait()
+            except Exception as exc:
+                logger.debug("async batch of run %s failed (%s); writing it again", run_id, exc)
+                retry_locked(client.log_batch, run_id, metrics=metrics, tags=tags)
+        _spent[0] += time.perf_counter() - t0
+
+
+_PENDING = _Pending()
+
+
 def _is_secret(key: str) -> bool:
     k = key.lower()
     return any(m in k for m in SECRET_MARKERS)
@@ -134,7 +199,14 @@ class RunTracker:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         client = _client(uri)
-        run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=all_tags)
+        try:
+            run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=all_tags)
+        except Exception:
+            # The remembered experiment id may be stale (the store was replaced): look again.
+            if _EXPERIMENTS.pop((uri, experiment), None) is None:
+                raise
+            exp_id = ensure_experiment(uri, experiment)
+            run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=all_tags)
         return cls(uri, run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -149,6 +221,7 @@ class RunTracker:
             retry_locked(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """One ``log_batch`` per call (queued with async logging, see ``flush``)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -156,15 +229,29 @@ class RunTracker:
             Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items() if v is not None
         ]
         for i in range(0, len(items), 500):
-            retry_locked(self.client.log_batch, self.run_id, metrics=items[i : i + 500])
+            self._batch(items[i : i + 500], [])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set (or overwrite) tags in one batch request."""
+        """Set (or overwrite) tags in one batch request (queued with async logging)."""
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
-            retry_locked(self.client.log_batch, self.run_id, tags=items[i : i + 100])
+            self._batch([], items[i : i + 100])
+
+    def _batch(self, metrics: list[Any], tags: list[Any]) -> None:
+        if not async_logging():
+            retry_locked(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)
+            return
+        t0 = time.perf_counter()
+        op = self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=False)
+        _spent[0] += time.perf_counter() - t0
+        _PENDING.add(self.run_id, op, metrics, tags)
+
+    def flush(self) -> None:
+        """Wait until every queued metric and tag of this run is stored (before a checkpoint
+        says the work up to it is done, and before the run ends)."""
+        _PENDING.flush(self.client, self.run_id)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         p = Path(path)
@@ -196,6 +283,8 @@ class RunTracker:
             retry_locked(self.client.log_inputs, self.run_id, datasets=inputs)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Flush what is queued, then end the run: an ended run has all its data."""
+        self.flush()
         retry_locked(self.client.set_terminated, self.run_id, status)
 
     def status(self) -> str:

@@ -12,10 +12,24 @@ actor reuse, each variant on a fresh local Ray instance.
 - efficiency = sum(trial compute) / (sweep wall x concurrency), sweep wall = Tuner.fit() (what
   ``run_sweep`` reports as fit_s), so it excludes Ray start-up and the final report;
 - per-trial overhead = (sweep wall x concurrency - sum(trial compute)) / trials: actor start,
-  imports, MLflow run creation, checkpoints and reports, scheduling.
+  imports, MLflow run creation, checkpoints and reports, scheduling;
+- ``phases_s``: the mean over trials of every ``time/<phase>_s`` metric of the child runs
+  (``process`` start-up of a fresh worker, ``imports``, ``setup`` of the trial: checkpoint
+  lookup and MLflow run creation, ``config`` validation, ``env``, ``data`` read and chunking,
+  ``sampler`` table, ``model``, ``tracker`` reopening, ``log`` of params, inputs and final
+  metrics/artifacts, ``plots``, ``fit`` = training with its round evaluations and reports,
+  ``checkpoint`` of the final state, ``eval``); ``nested_s`` the parts of those
+  (``fit/report``: Tune reports, ``fit/checkpoint``: round checkpoints, ``<phase>/mlflow``:
+  MLflow calls inside a phase); ``slot_s`` = sweep wall x concurrency / trials and
+  ``unexplained_s`` = slot minus the sum of the phases (Tune scheduling, the final report,
+  closing the run). ``load`` is the 1-minute load average before and after the variant.
+
+``warm`` is the same table over the trials that ran on a process an earlier trial had started
+(what each trial after the first costs with actor reuse). ``process`` counts from the worker
+process's start, which may include time it idled in Ray's worker pool.
 
 Usage: .venv/bin/python benchmarks/sweep_overhead.py [--short 5] [--long 60] [--trials 6]
-       [--long-trials 4] [--concurrency 2]
+       [--long-trials 4] [--concurrency 2] [--only short|long] [--reuse on|off]
 """
 
 from __future__ import annotations
@@ -27,9 +41,12 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "sweeps" / "smoke.yaml"
+#: Totals run_training logs next to the phases (they overlap them).
+TOTALS = ("time/train_s", "time/eval_s")
 
 
 def _calibrate(spec_overrides: list[str]) -> tuple[float, float]:
@@ -111,6 +128,44 @@ def _variant(
         "run_sweep_wall_s": round(total, 1),
         "efficiency": round(sum(compute) / (wall * concurrency), 3),
         "overhead_per_trial_s": round((wall * concurrency - sum(compute)) / len(runs), 2),
+        **_phase_table(runs, wall * concurrency / len(runs)),
+        "warm": _warm_table(runs),
+    }
+
+
+def _warm_table(runs: list[Any]) -> dict[str, Any]:
+    """Mean phases of the trials that ran on a worker process an earlier trial had started
+    (no ``process`` phase): what every trial after the first costs with actor reuse."""
+    warm = [r for r in runs if "time/process_s" not in r.data.metrics]
+    if not warm:
+        return {"trials": 0}
+    table = _phase_table(warm, 0.0)
+    return {
+        "trials": len(warm),
+        "phases_s": table["phases_s"],
+        "nested_s": table["nested_s"],
+        "sum_phases_s": table["sum_phases_s"],
+    }
+
+
+def _phase_table(runs: list[Any], slot_s: float) -> dict[str, Any]:
+    """Mean seconds per phase over the trials (a phase a trial lacks counts 0), the nested
+    parts apart, and what the top-level phases leave unexplained of a trial's slot."""
+    top: dict[str, float] = {}
+    nested: dict[str, float] = {}
+    for r in runs:
+        for k, v in r.data.metrics.items():
+            if k.startswith("time/") and k.endswith("_s") and k not in TOTALS:
+                name = k[len("time/") : -len("_s")]
+                into = nested if "/" in name else top
+                into[name] = into.get(name, 0.0) + v / len(runs)
+    explained = sum(top.values())
+    return {
+        "slot_s": round(slot_s, 2),
+        "phases_s": {k: round(v, 3) for k, v in sorted(top.items(), key=lambda kv: -kv[1])},
+        "nested_s": {k: round(v, 3) for k, v in sorted(nested.items(), key=lambda kv: -kv[1])},
+        "sum_phases_s": round(explained, 2),
+        "unexplained_s": round(slot_s - explained, 2),
     }
 
 
@@ -140,6 +195,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=6, help="short trials per variant")
     p.add_argument("--long-trials", type=int, default=4, help="long trials per variant")
     p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--only", choices=("short", "long"), help="run one trial length only")
+    p.add_argument("--reuse", choices=("on", "off"), help="run one reuse setting only")
     a = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sweep-bench-", dir=ROOT / ".work"))
     os.environ["AMBIENT_HOME"] = str(home)
@@ -150,16 +207,23 @@ def main() -> None:
     a0, b = _calibrate([])
     variants: list[dict[str, object]] = []
     out: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "calibration": {"fixed_s": round(a0, 2), "per_step_ms": round(1000 * b, 2)},
         "variants": variants,
     }
-    for label, secs, n in (("short", a.short, a.trials), ("long", a.long, a.long_trials)):
+    lengths = (("short", a.short, a.trials), ("long", a.long, a.long_trials))
+    for label, secs, n in [x for x in lengths if a.only in (None, x[0])]:
         steps = max(30, int((secs - a0) / b))
-        for reuse in (False, True):
+        for reuse in [r for r in (False, True) if a.reuse in (None, "on" if r else "off")]:
             name = f"bench-{label}-{'reuse' if reuse else 'fresh'}"
+            load0 = os.getloadavg()[0]
             r = _variant(name, steps, n, a.concurrency, reuse, home)
-            variants.append({"trial": label, "target_compute_s": secs, **r})
+            load = [round(load0, 2), round(os.getloadavg()[0], 2)]
+            variants.append({"trial": label, "target_compute_s": secs, "load": load, **r})
             print(json.dumps(variants[-1]), flush=True)
     print(json.dumps(out, indent=2))
 

@@ -39,13 +39,14 @@ from ambient_platform.config.naming import (
 )
 from ambient_platform.settings import ambient_home, configure_environment
 from ambient_platform.tracking import (
+    ASYNC_ENV,
     NOTE_TAG,
     RunTracker,
     ensure_experiment,
     retry_locked,
 )
 from jobs.annotated_data import sigma_min_rule
-from jobs.worker_cache import record_phase
+from jobs.worker_cache import drop_pending, record_nested, record_phase
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,24 @@ class _Restored:
     train_dir: str | None = None
 
 
+_FIRST_TRIAL = [True]  # of this worker process: its start-up is charged to that trial
+
+
+def _process_start() -> None:
+    """Record the seconds from this worker process's start to its first trial (Ray actor
+    start-up plus unpickling the trainable: what actor reuse saves), once per process."""
+    if not _FIRST_TRIAL[0]:
+        return
+    _FIRST_TRIAL[0] = False
+    import psutil
+
+    record_phase("process", max(0.0, time.time() - psutil.Process().create_time()))
+
+
 def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: train one (params, seed) with ``run_training``."""
+    _process_start()
+    t0 = time.perf_counter()
     _worker_environment(ctx)
     from ray import tune
 
@@ -295,7 +312,9 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tc.get_trial_id()
     point = dict(config[PARAM_SPACE_KEY])
     seed = int(point.pop(SEED_KEY))
+    record_phase("setup", time.perf_counter() - t0)
     cfg = _trial_config(ctx, point, seed)
+    t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=_scratch_base()))
     try:
         restored = _restore(ctx, trial_id, work)
@@ -311,8 +330,10 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tune.report(prior.payload())
             return
         tracker, tags = _open_run(ctx, cfg, point, seed, run_id, restored, tc.get_trial_name())
+        record_phase("setup", time.perf_counter() - t0)
         _train(ctx, cfg, point, seed, tracker, tags, restored, work)
     finally:
+        drop_pending()  # taken by the run, or the trial had nothing to train
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -320,6 +341,9 @@ def _worker_environment(ctx: TrialContext) -> None:
     os.environ["AMBIENT_HOME"] = ctx.ambient_home
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(THREAD_TIMEOUT_S)
     os.environ.pop("MLFLOW_RUN_ID", None)  # it would override parent_run_id (mlflow#15713)
+    # Metrics and tags are queued, not written in the training loop; every checkpoint report
+    # and the end of the run wait for them (``RunTracker.flush``).
+    os.environ.setdefault(ASYNC_ENV, "true")
     configure_environment()
 
 
@@ -371,8 +395,9 @@ def _newest_persisted_checkpoint(
     for _, done, where, meta in sorted(found, key=lambda f: f[:2], reverse=True):
         if done or not ctx.checkpoint_train_state:
             return _Restored(meta)
-        if _readable(Path(where) / TRIAL_TRAIN):
-            return _Restored(meta, str(Path(where) / TRIAL_TRAIN))
+        train = Path(where) / TRIAL_TRAIN
+        if train.exists() and _readable(train):  # a round without state: look further back
+            return _Restored(meta, str(train))
     return None
 
 
@@ -437,8 +462,16 @@ def _log_sweep_params(tracker: RunTracker, ctx: TrialContext, point: Mapping[str
         tracker.log_params(params)
 
 
+#: A round checkpoint carries the training state only once the work a restart would redo
+#: (seconds since the trial started) is at least this many times what writing the state costs:
+#: for a trial of a few seconds, starting over is cheaper than a state save every round.
+STATE_SAVE_RATIO = 10.0
+_SAVE_S: list[float] = []  # the last training-state write of this worker process, seconds
+
+
 class _Reporter:
-    """``run_training``'s round callback: checkpoint (run id + training state) and report."""
+    """``run_training``'s round callback: checkpoint (run id + training state where resume
+    needs it), flush the run's queued metrics, report."""
 
     def __init__(
         self, ctx: TrialContext, cfg: RunConfig, tracker: RunTracker, seed: int, work: Path
@@ -447,29 +480,52 @@ class _Reporter:
         self.stopped_early = False
         self.params_logged = False
         self.point: Mapping[str, Any] = {}
+        self.started = time.perf_counter()
+        self.config: dict[str, Any] | None = None
 
-    def __call__(self, state: Any, metrics: dict[str, float]) -> bool:
+    def _wants_state(self) -> bool:
+        if not self.ctx.checkpoint_train_state:
+            return False
+        redo_s = time.perf_counter() - self.started
+        return not _SAVE_S or redo_s >= STATE_SAVE_RATIO * _SAVE_S[-1]
+
+    def _write(self, d: Path, state: Any) -> None:
         from ray import tune
 
         from ambient_core.train import save_checkpoint
+
+        TrialMeta(self.tracker.run_id, tune.get_context().get_trial_id(), state.round).write(d)
+        if self._wants_state():
+            t0 = time.perf_counter()
+            if self.config is None:
+                self.config = self.cfg.model_dump(mode="json")
+            save_checkpoint(d / TRIAL_TRAIN, state, {"config": self.config})
+            _SAVE_S[:] = [time.perf_counter() - t0]
+
+    def __call__(self, state: Any, metrics: dict[str, float]) -> bool:
+        from ray import tune
 
         if not self.params_logged:
             _log_sweep_params(self.tracker, self.ctx, self.point)
             self.params_logged = True
         loss = state.history[-1]["loss"] if state.history else math.nan
         result = TrialResult(metrics, state.round, False, self.seed, loss, self.tracker.run_id)
+        t0 = time.perf_counter()
         d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=self.work))
         try:
-            trial_id = tune.get_context().get_trial_id()
-            TrialMeta(self.tracker.run_id, trial_id, state.round).write(d)
-            if self.ctx.checkpoint_train_state:
-                extra = {"config": self.cfg.model_dump(mode="json")}
-                save_checkpoint(d / TRIAL_TRAIN, state, extra)
+            self._write(d, state)
+            # What the run logged up to this round is stored before the checkpoint says so: a
+            # trial resumed from it logs again only what came after.
+            self.tracker.flush()
+            t1 = time.perf_counter()
+            record_nested("fit/checkpoint", t1 - t0)
             try:
                 tune.report(result.payload(), checkpoint=tune.Checkpoint.from_directory(str(d)))
             except SystemExit:  # the scheduler stopped this trial (ASHA)
                 self.stopped_early = True
                 return True
+            finally:
+                record_nested("fit/report", time.perf_counter() - t1)
             return False
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -487,8 +543,10 @@ def _train(
 ) -> None:
     from ray import tune
 
-    from jobs.train import run_training
+    t0 = time.perf_counter()
+    from jobs.train import run_training  # torch and the training stack: paid once per process
 
+    record_phase("imports", time.perf_counter() - t0)
     reporter = _Reporter(ctx, cfg, tracker, seed, work)
     reporter.point = point
     try:

@@ -8,7 +8,10 @@ and the cache is a small LRU bounded in entries and bytes, so a worker's memory 
 whatever the sweep does. Cached values are shared between runs: callers must not mutate them.
 
 ``Phases`` times the parts of one run; ``record_phase`` lets a caller (the sweep trial) add a
-phase it timed before the run started, e.g. config validation.
+phase it timed before the run started, e.g. config validation, and ``record_nested`` a part of
+a phase of the run in progress (``fit/report``: Tune reports inside the training loop). Nested
+names contain a ``/`` so that summing the top-level phases never counts a second twice; every
+phase but the MLflow ones also records its MLflow share as ``<phase>/mlflow``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from ambient_platform.tracking import mlflow_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +90,25 @@ CHUNKS = LruCache(max_entries=2)
 TASKS = LruCache(max_entries=4, max_bytes=MAX_BYTES)
 
 _pending: dict[str, float] = {}
+_current: list[Phases] = []  # the run in progress of this process (the newest ``Phases``)
+#: Phases that are MLflow calls themselves: no ``/mlflow`` share recorded for them.
+_MLFLOW_PHASES = ("log", "tracker")
 
 
 def record_phase(name: str, seconds: float) -> None:
     """Add a phase timed before the next run of this process starts (e.g. config validation)."""
     _pending[name] = _pending.get(name, 0.0) + seconds
+
+
+def drop_pending() -> None:
+    """Forget phases recorded for a run that never started (a trial with nothing to train)."""
+    _pending.clear()
+
+
+def record_nested(name: str, seconds: float) -> None:
+    """Add ``seconds`` to ``name`` (``<phase>/<part>``) of the run in progress, if any."""
+    if _current:
+        _current[0].add(name, seconds)
 
 
 class Phases:
@@ -98,14 +117,18 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = dict(_pending)
         _pending.clear()
+        _current[:] = [self]
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), mlflow_seconds()
         try:
             yield
         finally:
             self.add(name, time.perf_counter() - t0)
+            spent = mlflow_seconds() - m0
+            if name not in _MLFLOW_PHASES and spent > 0.0:
+                self.add(f"{name}/mlflow", spent)
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds

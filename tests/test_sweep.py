@@ -538,3 +538,68 @@ def test_short_keys_and_trial_names() -> None:
     point = {"data.corrupt.0.annotation.tau": 0.45, "policy.down_dims": [16, 32]}
     labels = short_keys(point)
     assert trial_label(point, labels, 1) == "tau=0.45 down_dims=[16,32] seed=1"
+
+
+# ------------------------------------------------------------------------------ trial overhead
+
+
+def test_async_logging_is_stored_before_the_run_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued metrics and tags (MLflow async logging) are all stored once ``end`` returns, and
+    a queued batch that failed (e.g. a locked SQLite store) is written again by ``flush``."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from ambient_platform import tracking
+
+    monkeypatch.setenv(tracking.ASYNC_ENV, "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.RunTracker.start(uri, "async", "r")
+    for step in range(1, 6):
+        tracker.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step)
+    tracker.set_tags({"stage": "done"})
+
+    class Failed:
+        def wait(self) -> None:
+            raise RuntimeError("database is locked")
+
+    lost = [Metric("late", 7.0, int(time.time() * 1000), 9)]
+    tracking._PENDING.add(tracker.run_id, Failed(), lost, [])
+    tracker.end()
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "done"
+    assert run.data.metrics["late"] == 7.0
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+def test_nested_phases_are_kept_apart_from_the_run_phases() -> None:
+    """``fit/report`` (timed by the trial's round callback) lands in the run in progress under
+    a name with a ``/``, so summing the top-level phases never counts a second twice."""
+    from jobs.worker_cache import Phases, record_nested
+
+    ph = Phases()
+    with ph("fit"):
+        record_nested("fit/report", 0.5)
+    m = ph.metrics()
+    assert m["time/fit/report_s"] == 0.5 and "time/fit_s" in m
+
+
+def test_round_checkpoints_carry_the_training_state_only_where_resume_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial that has run for less than STATE_SAVE_RATIO state writes restarts instead of
+    writing its state every round; a longer one (or the first write of a process) saves it."""
+    from jobs import trial
+
+    ctx = type("Ctx", (), {"checkpoint_train_state": True})()
+    rep = trial._Reporter(ctx, None, None, 0, Path("."))  # type: ignore[arg-type]
+    monkeypatch.setattr(trial, "_SAVE_S", [])
+    assert rep._wants_state()  # cost unknown: write and measure
+    monkeypatch.setattr(trial, "_SAVE_S", [1.0])
+    assert not rep._wants_state()  # ran for less than 10 writes' worth
+    rep.started -= trial.STATE_SAVE_RATIO
+    assert rep._wants_state()
+    ctx.checkpoint_train_state = False
+    assert not rep._wants_state()

@@ -251,9 +251,15 @@ class LiveView:
             self.bar.close()
 
 
+#: A live report refresh waits at least this many times the last build took: the build shares
+#: the machine with the trials (on 2 cores, 5x cost them ~15% of a core, 20x about 5%).
+REFRESH_COST_RATIO = 20.0
+
+
 class Refresher:
     """Rebuilds the report in a background thread when asked, at most every ``interval_s``
-    (and never more often than 5x the last build took), so trials are not slowed down."""
+    (and never more often than ``REFRESH_COST_RATIO`` x the last build took), so trials are
+    not slowed down."""
 
     def __init__(self, build: Callable[[], None], interval_s: float = 30.0) -> None:
         self.build, self.interval_s = build, interval_s
@@ -271,7 +277,7 @@ class Refresher:
         while not self.stop.is_set():
             if not self.wanted.wait(timeout=1.0):
                 continue
-            wait = max(self.interval_s, 5 * self.took) - (time.time() - self.last)
+            wait = max(self.interval_s, REFRESH_COST_RATIO * self.took) - (time.time() - self.last)
             if wait > 0 and self.stop.wait(timeout=wait):
                 return
             self.wanted.clear()
