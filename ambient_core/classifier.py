@@ -36,9 +36,10 @@ annotates once. Tracking and Ray live in jobs/, never here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -246,9 +247,19 @@ def load_classifier(
     path: str | os.PathLike[str], device: str = "cpu"
 ) -> tuple[NoiseClassifier, ClassifierSpec, Normalizer | None]:
     """(model in eval mode, spec, normaliser or None) from a checkpoint dir, weights only."""
-    meta = read_classifier_meta(path)
+    files = {name: (Path(path) / name).read_bytes() for name in (CLASSIFIER_META, CLASSIFIER_FILE)}
+    return load_classifier_files(files, device)
+
+
+def load_classifier_files(
+    files: Mapping[str, bytes], device: str = "cpu"
+) -> tuple[NoiseClassifier, ClassifierSpec, Normalizer | None]:
+    """``load_classifier`` from the bytes of the checkpoint's files (by file name): annotation
+    actors get them once through Ray's object store instead of each reading storage."""
+    meta = json.loads(files[CLASSIFIER_META])
     spec = ClassifierSpec.from_dict(meta["spec"])
-    payload = torch.load(Path(path) / CLASSIFIER_FILE, map_location=device, weights_only=True)
+    weights = io.BytesIO(files[CLASSIFIER_FILE])
+    payload = torch.load(weights, map_location=device, weights_only=True)
     model = NoiseClassifier(spec).to(device)
     model.load_state_dict(payload["model"])
     normalizer = None

@@ -1,90 +1,119 @@
-"""The classifier actor of annotation: scores whole shards (the worker side of ``score_shards``).
+"""Scoring whole shards on a Ray worker (the worker side of ``jobs.score_shards``).
 
 Kept apart from ``jobs.score_shards`` so that a Ray worker unpickling it imports only numpy,
-pyarrow, torch and the classifier: not the planning side (dataset layout, LeRobot, pandas) nor
-MLflow, which took seconds of every actor's start on a loaded 2-core machine. Classifier epochs
-are resolved to local directories by the driver when the classifier is local (``epoch_paths``);
-an s3:// classifier is downloaded per node by the actor (``jobs.train_classifier``).
+pyarrow, torch and the classifier: not the planning side (dataset layout, pydantic settings,
+LeRobot, pandas) nor MLflow, which took seconds of every actor's start on a loaded 2-core
+machine. Everything a worker is given is plain data for the same reason: a ``ScoreSpec`` (the
+curve settings as numbers), the checkpoints' bytes (read once by the driver, shared through the
+object store, so a worker never touches the classifier's storage) and a pyarrow filesystem.
+``score_block`` is the Ray Data task; ``CurveAnnotator`` the per-process scorer it keeps.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from ambient_core.errors import DataError
-from ambient_platform.manifest import CurveSettings, curve_column
-from ambient_platform.storage import StorageRoot
+
+#: One classifier epoch as the driver read it: file name -> bytes of its checkpoint directory.
+Checkpoint = Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """The curve settings a worker needs, as plain values (cheap to unpickle anywhere)."""
+
+    columns: Mapping[int, str]  # classifier epoch -> its curve column
+    grid_levels: tuple[int, ...]
+    num_draws: int
+    seed: int
+    score_batch: int  # chunks per forward pass (x num_draws x levels rows)
+    obs_keys: tuple[str, ...] = ()
+    read_columns: tuple[str, ...] | None = None  # the input columns to read (None: all)
+
+    @property
+    def epochs(self) -> list[int]:
+        return list(self.columns)
 
 
 class CurveAnnotator:
-    """Ray Data actor: loads the classifier checkpoints once, scores whole shards (blocks)."""
+    """Loads the classifier checkpoints once, scores whole shards (blocks).
+
+    ``checkpoints`` is the driver's ``{epoch: Checkpoint}`` or an object ref to it; ``threads``
+    torch threads (the worker's CPUs); ``device`` ``cpu`` or ``cuda`` (the GPU Ray assigned).
+    """
 
     def __init__(
         self,
-        settings: CurveSettings,
-        obs_keys: list[str],
+        spec: ScoreSpec,
+        checkpoints: Mapping[int, Checkpoint] | Any,
+        filesystem: pafs.FileSystem | None = None,
         threads: int = 1,
-        fs_root: str | None = None,
-        columns: list[str] | None = None,
-        epoch_paths: dict[int, str] | None = None,
+        device: str = "cpu",
     ) -> None:
-        t0 = time.perf_counter()
         import torch
 
-        from ambient_core.classifier import load_classifier, read_classifier_meta
+        from ambient_core.classifier import CLASSIFIER_META, load_classifier_files
         from ambient_core.data import ChunkSpec
 
-        torch.set_num_threads(threads)
-        self.s = settings
-        paths = epoch_paths or _download_epochs(settings)
-        self.models = {e: load_classifier(paths[e]) for e in self.s.epochs}
+        torch.set_num_threads(max(1, threads))
+        if not isinstance(checkpoints, Mapping):  # an object ref: fetched once per process
+            import ray
+
+            checkpoints = ray.get(checkpoints)
+        self.s = spec
+        self.device = device
+        self.models = {e: load_classifier_files(checkpoints[e], device) for e in spec.columns}
         # Every epoch of a run chunks alike: rows are re-chunked as the classifier was trained.
-        first = paths[self.s.epochs[0]]
-        self.chunk = ChunkSpec(**read_classifier_meta(first)["extra"]["chunk"])
-        self.obs_keys = obs_keys
-        self.columns = columns
-        self.fs = StorageRoot(fs_root).arrow_filesystem()[0] if fs_root else None
-        #: Seconds this actor took to import torch and load its classifiers (benchmarks).
-        self.start_s = time.perf_counter() - t0
+        meta = json.loads(checkpoints[spec.epochs[0]][CLASSIFIER_META])
+        self.chunk = ChunkSpec(**meta["extra"]["chunk"])
+        self.fs = filesystem
 
     def __call__(self, items: pa.Table) -> pa.Table:
         """Read and score the shards named in ``items`` (column ``path``)."""
         tables = []
+        cols = None if self.s.read_columns is None else list(self.s.read_columns)
         for path in items.column("path").to_pylist():
             try:
-                t = pq.read_table(path, filesystem=self.fs, columns=self.columns)
+                t = pq.read_table(path, filesystem=self.fs, columns=cols)
             except (pa.ArrowInvalid, OSError) as exc:
-                tables.append(_error_row(path, f"cannot read: {exc}", self.s.epochs))
+                tables.append(_error_row(path, f"cannot read: {exc}", self.s))
                 continue
             try:
                 tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
             except Exception as exc:  # a bad shard must be reported, not kill the pipeline
-                tables.append(_error_row(path, f"{type(exc).__name__}: {exc}", self.s.epochs))
-        return pa.concat_tables(tables) if tables else _empty(self.s.epochs)
+                tables.append(_error_row(path, f"{type(exc).__name__}: {exc}", self.s))
+        return pa.concat_tables(tables) if tables else _error_row("", None, self.s).slice(0, 0)
 
     def annotate_table(self, block: pa.Table) -> pa.Table:
         """Score rows of one or more whole shards (column ``path`` names the shard)."""
         paths = block.column("path").unique().to_pylist()
+        if len(paths) == 1:
+            return self._shard(block, paths[0])
         if not paths:
-            return _empty(self.s.epochs)
-        return pa.concat_tables([self._shard(block, p) for p in paths])
+            return _error_row("", None, self.s).slice(0, 0)
+        return pa.concat_tables(
+            [self._shard(block.filter(pc.equal(block.column("path"), p)), p) for p in paths]
+        )
 
-    def _shard(self, block: pa.Table, path: str) -> pa.Table:
+    def _shard(self, rows: pa.Table, path: str) -> pa.Table:
         from ambient_core.data import ChunkDataset, frames_from_table
 
-        rows = block.filter(pc.equal(block.column("path"), path))
+        obs_keys = list(self.s.obs_keys)
         try:
-            frames = frames_from_table(rows, ["action", *self.obs_keys], path)
-            data = ChunkDataset([frames], self.chunk, self.obs_keys)
+            frames = frames_from_table(rows, ["action", *obs_keys], path)
+            data = ChunkDataset([frames], self.chunk, obs_keys)
         except DataError as exc:
-            return _error_row(path, str(exc), self.s.epochs)
+            return _error_row(path, str(exc), self.s)
         ids, lengths, frame = _row_chunks(frames.episode_bounds, data, self.chunk.pad_before)
         cols: dict[str, pa.Array] = {
             "path": pa.array([path] * len(ids)),
@@ -92,10 +121,10 @@ class CurveAnnotator:
             "frame_index": pa.array(frame),
             "error": pa.nulls(len(ids), pa.string()),
         }
-        for e in self.models:
+        for e, name in self.s.columns.items():
             curves = self._curves(e, data, ids)
             flat = pa.array(curves.astype(np.float32).reshape(-1))
-            cols[curve_column(e)] = pa.FixedSizeListArray.from_arrays(flat, curves.shape[1])
+            cols[name] = pa.FixedSizeListArray.from_arrays(flat, curves.shape[1])
         return pa.table(cols)
 
     def _curves(self, epoch: int, data: Any, ids: np.ndarray) -> np.ndarray:
@@ -117,13 +146,6 @@ class CurveAnnotator:
         )
 
 
-def _download_epochs(settings: CurveSettings) -> dict[int, str]:
-    """Local directories of the classifier's epochs (an s3:// classifier: fetched per node)."""
-    from jobs.annotation_plan import epoch_dir
-
-    return {e: epoch_dir(settings.classifier_dir, e) for e in settings.epochs}
-
-
 def _row_chunks(
     bounds: np.ndarray, data: Any, pad_before: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,17 +163,41 @@ def _row_chunks(
     return ids, lengths, frame_in_ep.astype(np.int64)
 
 
-def _empty(epochs: Sequence[int]) -> pa.Table:
-    return _error_row("", None, epochs).slice(0, 0)
-
-
-def _error_row(path: str, msg: str | None, epochs: Sequence[int]) -> pa.Table:
+def _error_row(path: str, msg: str | None, spec: ScoreSpec) -> pa.Table:
     cols: dict[str, pa.Array] = {
         "path": pa.array([path]),
         "episode_index": pa.array([-1], pa.int64()),
         "frame_index": pa.array([-1], pa.int64()),
         "error": pa.array([msg], pa.string()),
     }
-    for e in epochs:
-        cols[curve_column(e)] = pa.array([[]], pa.list_(pa.float32()))
+    for name in spec.columns.values():
+        cols[name] = pa.array([[]], pa.list_(pa.float32()))
     return pa.table(cols)
+
+
+#: The annotator of this worker process (key, annotator): kept between tasks and runs.
+_WARM: dict[str, CurveAnnotator] = {}
+
+
+def score_block(
+    items: pa.Table,
+    *,
+    key: str,
+    spec: ScoreSpec,
+    checkpoints: Mapping[int, Checkpoint] | Any,
+    filesystem: pafs.FileSystem | None = None,
+    threads: int = 1,
+    device: str = "cpu",
+) -> pa.Table:
+    """Ray Data task: score the shards named in ``items`` with this process's annotator.
+
+    Ray reuses worker processes between tasks, so torch is imported and the classifier loaded
+    once per process (``key`` names the checkpoints and settings), not once per run: a second
+    run, or a watch pass, starts scoring at once.
+    """
+    ann = _WARM.get(key)
+    if ann is None:
+        _WARM.clear()  # one classifier per process: memory stays bounded
+        ann = _WARM[key] = CurveAnnotator(spec, checkpoints, filesystem, threads, device)
+    ann.fs = filesystem
+    return ann(items)

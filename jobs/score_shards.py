@@ -1,20 +1,29 @@
-"""Score whole shards with classifier actors on Ray Data (the engine of annotate and watch).
+"""Score whole shards with the classifier on Ray Data (the engine of annotate and watch).
 
-A Ray Dataset with one block per shard -> ``map_batches`` with a callable class on an actor
-pool (one classifier load per actor; the actor reads its shard with pyarrow, re-chunks it per
-episode exactly as training chunks it and scores it) -> the driver receives each shard's rows
-as they stream in and hands a complete shard to ``on_shard``. Streaming keeps memory flat in
-the dataset size: an actor holds one shard at a time. (``read_parquet`` packs many small files
-into one block, so results arrived in bursts and a crash lost whole bursts; one block per shard
-keeps commits per shard.) The actor class lives in ``jobs.curve_annotator``, which imports
-no planning code, so an actor's start is torch + classifier load only.
+A Ray Dataset with one block per shard -> ``map_batches`` of ``jobs.curve_annotator.score_block``
+on at most ``resources.actors`` concurrent tasks (each reads its shard with pyarrow, re-chunks it
+per episode exactly as training chunks it and scores it) -> the driver receives each shard's rows
+as they stream in and hands a complete shard to ``on_shard``. Streaming keeps memory flat in the
+dataset size: a worker holds one shard at a time. (``read_parquet`` packs many small files into
+one block, so results arrived in bursts and a crash lost whole bursts; one block per shard keeps
+commits per shard.)
+
+Why tasks, not an actor pool: a fresh actor pays process start, torch import and classifier load
+on every run (4-6 s of every run on a loaded 2-core machine, longer than scoring a small
+dataset). Ray reuses worker processes between tasks, and ``score_block`` keeps its annotator per
+process (keyed by the checkpoints' bytes and the settings), so torch is imported and the
+classifier loaded once per worker process per Ray session: the first run pays it, every later
+run or watch pass starts scoring at once. The checkpoints are read once by the driver and shared
+through the object store, so workers never touch the classifier's storage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -23,14 +32,51 @@ from tqdm import tqdm
 
 from ambient_core.errors import DataError
 from ambient_platform.config.annotation import AnnotationConfig
-from ambient_platform.manifest import CurveSettings
+from ambient_platform.manifest import CurveSettings, curve_column
 from jobs.annotation_plan import ShardInput, annotation_columns, epoch_dir
-from jobs.curve_annotator import CurveAnnotator
+from jobs.curve_annotator import Checkpoint, ScoreSpec, score_block
 
 logger = logging.getLogger(__name__)
 
 #: Called in the driver once per shard: (input, annotated table or None, error or None).
 ShardHandler = Callable[[ShardInput, pa.Table | None, str | None], None]
+#: Chunks per forward pass on a GPU (a CPU keeps ``CurveSettings.score_batch``).
+GPU_SCORE_BATCH = 1024
+
+
+def score_spec(settings: CurveSettings, obs_keys: Sequence[str], device: str = "cpu") -> ScoreSpec:
+    """A worker's view of the curve settings; a GPU scores bigger batches than a CPU."""
+    batch = settings.score_batch if device == "cpu" else max(settings.score_batch, GPU_SCORE_BATCH)
+    return ScoreSpec(
+        columns={e: curve_column(e) for e in settings.epochs},
+        grid_levels=tuple(settings.grid_levels),
+        num_draws=settings.num_draws,
+        seed=settings.seed,
+        score_batch=batch,
+        obs_keys=tuple(obs_keys),
+        read_columns=tuple(annotation_columns(obs_keys)),
+    )
+
+
+def read_checkpoints(settings: CurveSettings) -> dict[int, Checkpoint]:
+    """The files of each classifier epoch (an s3:// classifier: from this node's copy)."""
+    out: dict[int, Checkpoint] = {}
+    for e in settings.epochs:
+        d = Path(epoch_dir(settings.classifier_dir, e))
+        out[e] = {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
+    return out
+
+
+def _warm_key(
+    spec: ScoreSpec, checkpoints: dict[int, Checkpoint], threads: int, device: str
+) -> str:
+    """What a worker's cached annotator must match: checkpoint bytes, settings, threads, device."""
+    h = hashlib.sha256(repr((spec, threads, device)).encode())
+    for e, files in sorted(checkpoints.items()):
+        for name, data in sorted(files.items()):
+            h.update(f"{e}/{name}".encode())
+            h.update(data)
+    return h.hexdigest()
 
 
 def _dataset(
@@ -53,23 +99,26 @@ def _dataset(
     for inp in shards:
         fs, base = inp.root.arrow_filesystem()
         by_path[f"{base.rstrip('/')}/{inp.key}"] = inp
-    # A local classifier is resolved here, once: the actors then import no planning code.
-    local = "://" not in settings.classifier_dir
-    paths = {e: epoch_dir(settings.classifier_dir, e) for e in settings.epochs} if local else None
-    ds = ray.data.from_items([{"path": p} for p in by_path], override_num_blocks=len(by_path))
     res = cfg.resources
+    device = "cuda" if res.gpus_per_actor > 0 else "cpu"
+    spec = score_spec(settings, cfg.obs_keys, device)
+    checkpoints = read_checkpoints(settings)
+    kwargs = {
+        "spec": spec,
+        # Read once here, shared by every worker through the object store.
+        "checkpoints": ray.put(checkpoints),
+        "filesystem": shards[0].root.arrow_filesystem()[0],
+        "threads": max(1, int(res.cpus_per_actor)),
+        "device": device,
+    }
+    kwargs["key"] = _warm_key(spec, checkpoints, kwargs["threads"], device)
+    ds = ray.data.from_items([{"path": p} for p in by_path], override_num_blocks=len(by_path))
     ds = ds.map_batches(
-        CurveAnnotator,
-        fn_constructor_kwargs={
-            "settings": settings,
-            "obs_keys": list(cfg.obs_keys),
-            "fs_root": shards[0].root.uri,
-            "columns": annotation_columns(cfg.obs_keys),
-            "epoch_paths": paths,
-        },
+        score_block,
+        fn_kwargs=kwargs,
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=res.actors),
+        compute=ray.data.TaskPoolStrategy(size=res.actors),
         num_cpus=res.cpus_per_actor,
         num_gpus=res.gpus_per_actor,
     )
