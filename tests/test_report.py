@@ -417,7 +417,9 @@ def test_annotation_figures_when_only_a_swept_value_has_the_annotation(
     base["data"]["corrupt"][0].pop("annotation")
     plain = copy.deepcopy(base["data"]["corrupt"][0])
     path = "data.corrupt.0"
-    info = dataclasses.replace(info, base=base, paths=[path], labels={path: "corrupt.0"}, seeds=[0])
+    info = dataclasses.replace(
+        info, base=base, paths=[path], labels={path: "corrupt.0"}, seeds=[0]
+    )
     rows = [
         TrialRow(
             f"r{i}",
