@@ -494,11 +494,12 @@ class _Training:
         (out_dir / "metrics.json").write_text(json.dumps({**final, **timing}, indent=2))
         if self.tracker is not None:
             with self.phases("log"):
-                self.tracker.log_metrics({**final, **timing}, run.state.step)
                 for name in ("config.yaml", "sampler.png", "rollouts.png", "metrics.json"):
                     if (out_dir / name).exists():
                         self.tracker.log_artifact(out_dir / name)
                 self.tracker.log_artifact(ckpt, "checkpoint")
+                # Last: a run holding eval/* has everything (a resumed trial relies on it).
+                self.tracker.log_metrics({**final, **timing}, run.state.step)
         return {
             "metrics": res.metrics,
             "checkpoint": str(ckpt),

@@ -261,11 +261,17 @@ def close_run(uri: str, run_id: str, status: str, reason: str | None = None) -> 
 
 def prior_outcome(uri: str, run_id: str, rounds: int, seed: int) -> TrialResult | None:
     """The result of a run that already ended FINISHED (final evaluation or stopped early),
-    rebuilt from its MLflow metrics; None when the trial still has work to do."""
+    rebuilt from its MLflow metrics; None when the trial still has work to do.
+
+    A RUNNING run that holds its final evaluation was killed between recording it (the last
+    thing a run logs, after its artifacts) and ending: it is ended FINISHED here, so the
+    evaluation is never run, nor logged, twice."""
     run = retry_locked(RunTracker(uri, run_id).client.get_run, run_id)
-    if run.info.status != "FINISHED":
-        return None
     m = run.data.metrics
+    if run.info.status == "RUNNING" and any(k.startswith("eval/") for k in m):
+        close_run(uri, run_id, "FINISHED")
+    elif run.info.status != "FINISHED":
+        return None
     loss = m.get("loss", math.nan)
     if run.data.tags.get("stopped_early") == "true":
         rnd = int(run.data.tags.get("stopped_at_round", "1"))

@@ -485,6 +485,9 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     # What the dead driver left behind (a trial may have ended between the last poll and -9).
     before = {k.info.run_id: k.info.status for k in _children(uri, parent_id)}
     mid = {r for r in mid if before[r] == "RUNNING"}
+    # Killed after recording its final evaluation but before ending: closed on resume, not rerun.
+    evaluated = {r for r in before if client.get_metric_history(r, "eval/success")}
+    mid -= evaluated
     assert "FINISHED" in before.values() and "RUNNING" in before.values()
     assert client.get_run(parent_id).info.status == "RUNNING"  # the dead driver's parent
 
@@ -509,6 +512,8 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
         assert len(evals) == 1  # final evaluation exactly once
         if status == "FINISHED":
             assert k.data.tags["attempt"] == "1"  # finished before the kill: not rerun
+        elif status == "RUNNING" and k.info.run_id in evaluated:
+            assert k.data.tags["attempt"] == "1"  # its evaluation stands: ended, not retrained
         elif status == "RUNNING":
             assert k.data.tags["attempt"] == "2"  # reopened by its trial, same run id
         if k.info.run_id in mid:
@@ -521,6 +526,26 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     rows = [r for r in res["trials"] if r["final"]]
     assert len(rows) == 4 and all(math.isfinite(r["train_loss"]) for r in rows)
     assert np.isfinite(res["best"]["mean"])
+
+
+def test_a_run_killed_after_its_final_evaluation_is_ended_not_retrained(tmp_path: Path) -> None:
+    """The window between recording eval/* (the last thing a run logs) and ending the run: the
+    restarted trial takes the recorded evaluation; a run without one trains again."""
+    from ambient_platform.tracking import RunTracker
+    from jobs.trial import prior_outcome
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = RunTracker.start(uri, "window", "evaluated")
+    done.log_metrics({"loss": 0.5, "eval/success": 0.75}, 240)
+    done.flush()
+    res = prior_outcome(uri, done.run_id, rounds=3, seed=1)
+    assert res is not None and res.metrics == {"success": 0.75} and res.final
+    assert RunTracker(uri, done.run_id).status() == "FINISHED"
+    busy = RunTracker.start(uri, "window", "mid-training")
+    busy.log_metrics({"loss": 0.5, "round/success": 0.25}, 80)
+    busy.flush()
+    assert prior_outcome(uri, busy.run_id, rounds=3, seed=1) is None
+    assert RunTracker(uri, busy.run_id).status() == "RUNNING"
 
 
 def test_short_keys_and_trial_names() -> None:
