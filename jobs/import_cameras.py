@@ -127,20 +127,20 @@ def write_with_cameras(
     return root, ambient_meta(root)
 
 
-def camera_result(
+def import_result(
     fmt: str,
     root: StorageRoot,
     meta: dict[str, Any],
     mapping: Mapping[str, str],
     notes: list[str],
+    skipped: Mapping[str, str] | None = None,
     **more: Any,
 ) -> dict[str, Any]:
-    """The importer's JSON for a LeRobot v3 output: features and cameras with their sources."""
-    return {
+    """The importer's JSON: what was written where, each feature (and camera) with its source."""
+    out: dict[str, Any] = {
         "format": fmt,
         **more,
         "out": root.uri,
-        "out_format": meta["format"],
         "source": meta["name"],
         "episodes": meta["episodes"],
         "frames": meta["frames"],
@@ -148,14 +148,14 @@ def camera_result(
         "features": {
             k: {"from": mapping[k], "shape": v["shape"]} for k, v in meta["features"].items()
         },
-        "cameras": {
+    }
+    if "cameras" in meta:  # a LeRobot v3 output
+        out["out_format"] = meta["format"]
+        out["cameras"] = {
             k: {"from": mapping[k], "shape": v["shape"], "storage": v["storage"]}
             for k, v in meta["cameras"].items()
-        },
-        "skipped": {},
-        "notes": notes,
-        "digest": meta["digest"],
-    }
+        }
+    return out | {"skipped": dict(skipped or {}), "notes": notes, "digest": meta["digest"]}
 
 
 # ------------------------------------------------------------------------- LeRobot v2.x

@@ -24,8 +24,8 @@ from ambient_core.envs.base import Episode
 from jobs.import_cameras import (
     CAMERA_PREFIX,
     CameraEpisode,
-    camera_result,
     check_camera_names,
+    import_result,
     is_camera,
     whole_fps,
     write_with_cameras,
@@ -35,7 +35,6 @@ from jobs.importers import (
     _check_finite,
     _check_source,
     _resolve_features,
-    _result,
     _split_episodes,
     _write,
 )
@@ -267,9 +266,9 @@ def import_zarr(
                 notes,
             )
             log.info("imported %s with cameras %s -> %s", label, sorted(cams), root.uri)
-            return camera_result("zarr", root, meta, {**mapping, **cams}, notes)
+            return import_result("zarr", root, meta, {**mapping, **cams}, notes)
     extra = {"source_episode_index": source_ids, "imported_from": imported_from}
     src = _check_source(source, path)
     root, meta = _write(out, episodes, src, task, float(fps), overwrite, extra)
     log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), n_total, root.uri)
-    return _result("zarr", root, meta, mapping, {}, notes)
+    return import_result("zarr", root, meta, mapping, notes)

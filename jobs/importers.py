@@ -42,8 +42,8 @@ from ambient_platform.datasets import META_FILE, write_dataset
 from ambient_platform.storage import StorageRoot, validate_name
 from jobs.import_cameras import (
     CameraEpisode,
-    camera_result,
     check_camera_names,
+    import_result,
     v2_camera_loaders,
     whole_fps,
     write_with_cameras,
@@ -190,32 +190,6 @@ def _write(
             "replace that dataset"
         )
     return root, write_dataset(root, episodes, source, task, fps=fps, extra=extra)
-
-
-def _result(
-    fmt: str,
-    root: StorageRoot,
-    meta: dict[str, Any],
-    mapping: dict[str, str],
-    skipped: dict[str, str],
-    notes: list[str],
-    **more: Any,
-) -> dict[str, Any]:
-    return {
-        "format": fmt,
-        **more,
-        "out": root.uri,
-        "source": meta["name"],
-        "episodes": meta["episodes"],
-        "frames": meta["frames"],
-        "fps": meta["fps"],
-        "features": {
-            k: {"from": mapping[k], "shape": v["shape"]} for k, v in meta["features"].items()
-        },
-        "skipped": skipped,
-        "notes": notes,
-        "digest": meta["digest"],
-    }
 
 
 # ------------------------------------------------------------------------------- LeRobot
@@ -480,10 +454,10 @@ def import_lerobot(
             out, with_cams, task, whole_fps(rate, label), overwrite, lineage, still, notes
         )
         log.info("imported %s with cameras %s -> %s", label, sorted(cameras), root.uri)
-        return camera_result(
+        return import_result(
             "lerobot", root, meta, {**mapping, **cameras}, notes, codebase_version=version
         )
     extra = {"source_episode_index": source_ids, "imported_from": imported_from}
     root, meta = _write(out, episodes, _check_source(source, path), task, rate, overwrite, extra)
     log.info("imported %s: %d episodes, %d frames -> %s", label, len(episodes), len(ep), root.uri)
-    return _result("lerobot", root, meta, mapping, skipped, notes, codebase_version=version)
+    return import_result("lerobot", root, meta, mapping, notes, skipped, codebase_version=version)
