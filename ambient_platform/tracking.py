@@ -164,7 +164,9 @@ class _Pending:
                 op.wait()
             except Exception as exc:
                 logger.debug("async batch of run %s failed (%s); writing it again", run_id, exc)
-                retry_locked(client.log_batch, run_id, metrics=metrics, tags=tags)
+                retry_locked(
+                    client.log_batch, run_id, metrics=metrics, tags=tags, synchronous=True
+                )
         _spent[0] += time.perf_counter() - t0
 
 
@@ -218,7 +220,9 @@ class RunTracker:
             raise ValueError(f"refusing to log secret-looking params to MLflow: {bad}")
         items = [Param(k[:250], str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            retry_locked(self.client.log_batch, self.run_id, params=items[i : i + 100])
+            retry_locked(
+                self.client.log_batch, self.run_id, params=items[i : i + 100], synchronous=True
+            )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """One ``log_batch`` per call (queued with async logging, see ``flush``)."""
@@ -244,8 +248,18 @@ class RunTracker:
             retry_locked(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)
             return
         t0 = time.perf_counter()
-        op = self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=False)
-        _spent[0] += time.perf_counter() - t0
+        try:
+            op = self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=False)
+        except RuntimeError as exc:
+            # MLflow's async queue can be shut down under a reused worker ("cannot schedule new
+            # futures after shutdown"): the batch is then written now, never lost.
+            logger.debug("async logging unavailable (%s); writing synchronously", exc)
+            retry_locked(
+                self.client.log_batch, self.run_id, metrics=metrics, tags=tags, synchronous=True
+            )
+            return
+        finally:
+            _spent[0] += time.perf_counter() - t0
         _PENDING.add(self.run_id, op, metrics, tags)
 
     def flush(self) -> None:

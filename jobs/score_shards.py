@@ -132,9 +132,9 @@ def execute(
     on_shard: ShardHandler,
     ray_address: str | None = None,
 ) -> dict[str, float]:
-    """Score ``shards`` on a Ray Data actor pool; ``on_shard(input, table, error)`` is called
+    """Score ``shards`` with Ray Data tasks; ``on_shard(input, table, error)`` is called
     in the driver once per shard, as soon as all of its rows (or its error) have arrived.
-    Returns the seconds to the first scored block (``first_block_s``: planning, actor start,
+    Returns the seconds to the first scored block (``first_block_s``: planning, worker start,
     classifier load and one shard) and in all (``wall_s``)."""
     t0 = time.perf_counter()
     timing = {"first_block_s": 0.0, "wall_s": 0.0}

@@ -628,3 +628,23 @@ def test_round_checkpoints_carry_the_training_state_only_where_resume_needs_it(
     assert rep._wants_state()
     ctx.checkpoint_train_state = False
     assert not rep._wants_state()
+
+
+def test_trial_logging_survives_a_shut_down_mlflow_async_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in a reused worker: MLflow's async queue refused new batches after a shutdown and
+    the trial ended FAILED; the batch must be written synchronously instead."""
+    from ambient_platform.tracking import RunTracker
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = RunTracker.start(uri, "queue", "r")
+    t.log_metrics({"loss": 1.0}, 1)
+    t.flush()
+    queue = t.client._tracking_client.store._async_logging_queue
+    queue._batch_status_check_threadpool.shutdown(wait=True)
+    t.log_metrics({"time/train_s": 2.0}, 2)
+    t.end()
+    run = t.client.get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["time/train_s"] == 2.0

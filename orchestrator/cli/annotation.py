@@ -101,7 +101,9 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
     multiple=True,
     help="Observation keys the classifier was trained with.",
 )
-@click.option("--actors", type=int, default=1, show_default=True)
+@click.option(
+    "--actors", type=int, default=1, show_default=True, help="Scoring tasks run at once."
+)
 @click.option(
     "--cpus-per-actor",
     type=float,
@@ -131,7 +133,8 @@ def annotate(
     tracking_uri: str | None,
     **flags: Any,
 ) -> None:
-    """Score every shard the latest manifest lacks with classifier actors on Ray Data."""
+    """Score every shard the latest manifest lacks with classifier tasks on Ray Data
+    (--actors of them at once, on reused workers that keep the classifier loaded)."""
     from ambient_core.errors import ConfigError
     from ambient_platform.config.annotation import AnnotateConfig
     from ambient_platform.config.base import validate
