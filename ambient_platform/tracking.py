@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,12 @@ KIND_TAG = "ambient.kind"
 NOTE_TAG = "mlflow.note.content"
 #: The legacy ``kind`` tag values mapped onto ``ambient.kind`` (sweep|trial|classifier|...).
 _KINDS = {"sweep-trial": "trial"}
-#: MLflow's switch for asynchronous logging; here it applies to metrics and tags of
-#: ``RunTracker`` (params stay synchronous: a conflicting value must fail where it is logged).
-ASYNC_ENV = "MLFLOW_ENABLE_ASYNC_LOGGING"
+#: Switch for queued writes of ``RunTracker`` metrics and tags: one background thread per
+#: process writes them in order and ``RunTracker.flush`` waits for them (params stay
+#: synchronous: a conflicting value must fail where it is logged). Not MLflow's own async
+#: logging: ending a run with it waits for its queue thread, which polls every second
+#: (``queue.get(timeout=1)``): 1.04 s per trial between reused-worker trials.
+ASYNC_ENV = "AMBIENT_ASYNC_LOGGING"
 
 
 def default_tracking_uri() -> str:
@@ -139,8 +143,20 @@ def close_abandoned_runs(uri: str, experiment: str, tag: str, value: str, reason
 
 
 def async_logging() -> bool:
-    """Whether metrics and tags are queued (MLflow's async logging) instead of written now."""
+    """Whether metrics and tags are queued (see ``ASYNC_ENV``) instead of written now."""
     return os.environ.get(ASYNC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+_WRITER: list[ThreadPoolExecutor] = []
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """This process's one writer thread (its queue is drained at interpreter exit)."""
+    with _WRITER_LOCK:
+        if not _WRITER:
+            _WRITER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-write"))
+        return _WRITER[0]
 
 
 class _Pending:
@@ -161,7 +177,7 @@ class _Pending:
         t0 = time.perf_counter()
         for op, metrics, tags in ops:
             try:
-                op.wait()
+                op.result()
             except Exception as exc:
                 logger.debug("async batch of run %s failed (%s); writing it again", run_id, exc)
                 retry_locked(
@@ -247,19 +263,14 @@ class RunTracker:
         if not async_logging():
             retry_locked(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)
             return
-        t0 = time.perf_counter()
-        try:
-            op = self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=False)
-        except RuntimeError as exc:
-            # MLflow's async queue can be shut down under a reused worker ("cannot schedule new
-            # futures after shutdown"): the batch is then written now, never lost.
-            logger.debug("async logging unavailable (%s); writing synchronously", exc)
-            retry_locked(
-                self.client.log_batch, self.run_id, metrics=metrics, tags=tags, synchronous=True
-            )
-            return
-        finally:
-            _spent[0] += time.perf_counter() - t0
+        op = _writer().submit(
+            retry_locked,
+            self.client.log_batch,
+            self.run_id,
+            metrics=metrics,
+            tags=tags,
+            synchronous=True,
+        )
         _PENDING.add(self.run_id, op, metrics, tags)
 
     def flush(self) -> None:

@@ -46,6 +46,7 @@ from ambient_platform.tracking import (
     retry_locked,
 )
 from jobs.annotated_data import sigma_min_rule
+from jobs.trial_node import assigned_gpus, node_tags, retry_tags, trial_device
 from jobs.worker_cache import drop_pending, record_nested, record_phase
 
 logger = logging.getLogger(__name__)
@@ -318,8 +319,9 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tc.get_trial_id()
     point = dict(config[PARAM_SPACE_KEY])
     seed = int(point.pop(SEED_KEY))
+    gpus = assigned_gpus()
     record_phase("setup", time.perf_counter() - t0)
-    cfg = _trial_config(ctx, point, seed)
+    cfg = _trial_config(ctx, point, seed, gpus)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=_scratch_base()))
     try:
@@ -336,6 +338,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tune.report(prior.payload())
             return
         tracker, tags = _open_run(ctx, cfg, point, seed, run_id, restored, tc.get_trial_name())
+        tags.update(node_tags(gpus))
         record_phase("setup", time.perf_counter() - t0)
         _train(ctx, cfg, point, seed, tracker, tags, restored, work)
     finally:
@@ -353,11 +356,14 @@ def _worker_environment(ctx: TrialContext) -> None:
     configure_environment()
 
 
-def _trial_config(ctx: TrialContext, point: Mapping[str, Any], seed: int) -> RunConfig:
+def _trial_config(
+    ctx: TrialContext, point: Mapping[str, Any], seed: int, gpus: list[str]
+) -> RunConfig:
     data = json.loads(json.dumps(ctx.base))
     for path, value in point.items():
         set_path(data, path, value)
     data["train"]["seed"] = seed
+    data["train"]["device"] = trial_device(data["train"].get("device", "cpu"), gpus)
     data["tracking"].update(
         uri=ctx.tracking_uri,
         experiment=ctx.experiment,
@@ -454,9 +460,11 @@ def _open_run(
             tracker.log_metrics(metrics)
         return tracker, tags
     tracker = RunTracker(ctx.tracking_uri, run_id)
-    prev = retry_locked(tracker.client.get_run, run_id).data.tags.get("attempt", "1")
-    tags["attempt"] = str(int(prev) + 1)
+    previous = retry_locked(tracker.client.get_run, run_id).data.tags
+    attempt = int(previous.get("attempt", "1")) + 1
+    tags["attempt"] = str(attempt)
     tags["resumed_from_round"] = str(restored.meta.round if restored.meta else 0)
+    tags.update(retry_tags(previous, attempt))
     return tracker, tags
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,9 +94,57 @@ class SchedulerConfig(StrictModel):
     max_t: int | None = Field(None, ge=1)
 
 
+#: Ray node-label syntax (Ray 2.60 label selectors): an optional ``prefix/`` then a name, and a
+#: value that may be negated (``!spot``) or a set (``in(a,b)``, ``!in(a,b)``).
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
+_LABEL_VALUE = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_SELECTOR = re.compile(rf"!?({_LABEL_VALUE}|in\({_LABEL_VALUE}(,{_LABEL_VALUE})*\))")
+#: The node label Ray sets from a node's accelerator (e.g. ``H100``, ``A100``).
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
+
 class ResourcesConfig(StrictModel):
+    """What one trial asks Ray for. ``gpu`` may be a fraction (``0.25``: four trials share a
+    GPU; each trial's torch device is the GPU Ray assigned). ``accelerator_type`` and
+    ``node_labels`` restrict trials to matching nodes (Ray label selectors)."""
+
     cpu: PositiveFloat = 1.0
     gpu: float = Field(0.0, ge=0)
+    accelerator_type: str | None = None
+    node_labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("node_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is not a Ray node label name")
+            if not _LABEL_SELECTOR.fullmatch(value):
+                raise ValueError(
+                    f"{key}: {value!r} is not a label selector (a value, !value, in(a,b) or "
+                    "!in(a,b))"
+                )
+        return v
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _accelerator(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_LABEL_VALUE, v):
+            raise ValueError(f"{v!r} is not an accelerator type (e.g. H100, A100, L4)")
+        return v
+
+    def label_selector(self) -> dict[str, str]:
+        """The Ray label selector of a trial's placement (empty: any node)."""
+        out = dict(self.node_labels)
+        if self.accelerator_type:
+            out[ACCELERATOR_LABEL] = self.accelerator_type
+        return out
+
+    def bundle(self) -> dict[str, float]:
+        """One trial's resources in Ray's placement-group form."""
+        return {"CPU": float(self.cpu), **({"GPU": float(self.gpu)} if self.gpu > 0 else {})}
 
 
 class SweepSpec(StrictModel):

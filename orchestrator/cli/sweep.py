@@ -177,6 +177,9 @@ def sweep_status_cmd(
     total = res["n_trials"] if res["n_trials"] is not None else "?"
     click.echo(f"sweep {res['name']}  {res['state']}  {res['done']} of {total} trials done ({by})")
     click.echo(f"  parent run {res['parent_run_id']}  {res['experiment_dir']}")
+    if res.get("retries") or res.get("lost_nodes"):
+        lost = len(res.get("lost_nodes") or [])
+        click.echo(f"  {res['retries']} trial retries, {lost} nodes lost under a trial")
     if res.get("report"):
         click.echo(f"  report {res['report']}")
     cols = ["trial", "status", "outcome", "round", res["metric"], "duration_s", "trial_id"]

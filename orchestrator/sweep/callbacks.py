@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -19,6 +21,7 @@ from ambient_platform.config.sweep import SEED_KEY
 from ambient_platform.storage import StorageRoot
 from ambient_platform.tracking import RunTracker
 from jobs.trial import close_run, find_trial_run
+from jobs.trial_node import RETRY_AFTER_TAG, RETRY_REASON_TAG
 from orchestrator.sweep.results import fmt
 from orchestrator.sweep.state import SweepIndex, SweepInfo
 
@@ -68,6 +71,40 @@ class TrialRunCloser(Callback):
                 close_run(self.uri, run_id, "FAILED", f"Ray trial error: {err}")
         except Exception:
             logger.exception("closing the MLflow run of trial %s", trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tell the next attempt why it runs: its run gets ``retry_reason`` for the attempt
+        that failed (the trial itself only knows that attempt did not finish)."""
+        try:
+            run_id = self._run_id(trial)
+            if run_id is None:
+                return
+            tracker = RunTracker(self.uri, run_id)
+            attempt = tracker.client.get_run(run_id).data.tags.get("attempt", "1")
+            reason, _ = retry_cause(trial)
+            tracker.set_tags({RETRY_REASON_TAG: reason, RETRY_AFTER_TAG: attempt})
+        except Exception:
+            logger.exception("recording why trial %s is retried", trial.trial_id)
+
+
+#: How Ray says a trial's actor went down with its node (GCS message, Ray 2.60).
+_NODE_DIED = re.compile(r"node has died\. Node Id: ([0-9a-f]+)|NodeDiedError|node is dead")
+
+
+def retry_cause(trial: Any) -> tuple[str, str | None]:
+    """(one-line reason, id of the lost node or None) from the last failure Tune recorded
+    for a trial it is about to retry."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path:
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text(errors="replace").rsplit("Failure #", 1)[-1]
+    m = _NODE_DIED.search(text)
+    if m is not None:
+        node = m.group(1) or "unknown"
+        return f"node {node[:12]} lost", node
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    return (f"error: {lines[-1][:300]}" if lines else "error (no message recorded)"), None
 
 
 def outcome_of(status: str, last: dict[str, Any]) -> str:
@@ -125,6 +162,10 @@ class SweepMonitor(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.view is not None:
             self.view.ended(trial, "ERROR")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.view is not None:
+            self.view.recovered(trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         view = _LIVE.pop(self.key, None)
@@ -206,8 +247,23 @@ class LiveView:
         )
 
     def trial_started(self, trial: Any) -> None:
+        """A start of a trial the index saw start and not end is a retry (Tune's, after an
+        error, or the restart of an unfinished trial when the sweep resumes)."""
+        old = self.index.trials.get(trial.trial_id, {})
+        if old.get("started") and old.get("outcome") not in DONE:
+            self.index.retries += 1
         self.started[trial.trial_id] = time.time()
         self.index.trials[trial.trial_id] = {**self._entry(trial), "started": time.time()}
+        self.write(force=True)
+
+    def recovered(self, trial: Any) -> None:
+        """Tune will retry a failed trial: note a lost node (the retry is counted when the
+        trial starts again)."""
+        reason, node = retry_cause(trial)
+        logger.warning("trial %s failed and will be retried: %s", trial.trial_id, reason)
+        if node is not None and node not in self.index.lost_nodes:
+            self.index.lost_nodes.append(node)
+        self.index.trials.setdefault(trial.trial_id, self._entry(trial))["retry_reason"] = reason
         self.write(force=True)
 
     def step(self, trials: list[Any]) -> None:

@@ -35,6 +35,7 @@ from ambient_platform.tracking import (
 )
 from jobs.trial import TrialContext, close_run, sweep_trial
 from orchestrator.sweep.callbacks import LiveView, Refresher, SweepMonitor, TrialRunCloser
+from orchestrator.sweep.placement import effective_concurrency, trial_resources
 from orchestrator.sweep.report import Report, build_report, publish
 from orchestrator.sweep.results import build_results
 from orchestrator.sweep.searcher import SearchPlan, scheduler, search_plan
@@ -104,66 +105,6 @@ def _check_start(sweep: Sweep, path: str, info: SweepInfo | None, resume: bool) 
             "constraints, seeds, searcher or scheduler): resuming would mix two sweeps; start "
             "a new one with --name"
         )
-
-
-def _effective_concurrency(sweep: Sweep, ray: Any) -> int:
-    """The number of trials run at once.
-
-    On a cluster this process joined (``--ray-address``), ``max_concurrent`` as asked: the
-    pending trials' resource requests are what makes an autoscaler add workers, so a cap from
-    the resources present at start would run an elastic cluster one trial at a time.
-    On a local node this process started, capped by its CPUs and GPUs: one torch thread per
-    trial, never more trials than CPUs (the 2-CPU deadlock of ENVIRONMENT.md)."""
-    if os.environ.get("RAY_ADDRESS"):
-        _wait_for_capacity(sweep, ray)
-        return sweep.spec.max_concurrent
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
-    r = sweep.spec.resources
-    if r.gpu > gpus:
-        raise SweepError(
-            f"resources.gpu = {r.gpu} but this machine's Ray has {gpus:g} GPUs: trials would "
-            "wait forever (join a GPU cluster with --ray-address, or set resources.gpu=0)"
-        )
-    if r.cpu > cpus:
-        raise SweepError(f"resources.cpu = {r.cpu} but this machine's Ray has {cpus:g} CPUs")
-    cap = min(int(cpus), int(cpus // r.cpu))
-    if r.gpu > 0:
-        cap = min(cap, int(gpus // r.gpu))
-    n = min(sweep.spec.max_concurrent, max(cap, 1))
-    if n < sweep.spec.max_concurrent:
-        logger.warning(
-            "max_concurrent %d capped to %d by the cluster", sweep.spec.max_concurrent, n
-        )
-    return n
-
-
-def _wait_for_capacity(sweep: Sweep, ray: Any) -> None:
-    """Ask the autoscaler for room for ``max_concurrent`` trials, then wait (bounded by
-    ``AMBIENT_NODE_WAIT_S``, default 900 s) until the cluster can hold at least one trial:
-    a cluster whose workers scale from zero has no CPU or GPU at submit time."""
-    r = sweep.spec.resources
-    bundle = {"CPU": float(r.cpu), **({"GPU": float(r.gpu)} if r.gpu > 0 else {})}
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[bundle] * sweep.spec.max_concurrent)
-    deadline = time.monotonic() + float(os.environ.get("AMBIENT_NODE_WAIT_S", "900"))
-    next_note = 0.0
-    while True:
-        res = ray.cluster_resources()
-        if all(float(res.get(k, 0.0)) >= v for k, v in bundle.items()):
-            return
-        now = time.monotonic()
-        if now >= deadline:
-            raise SweepError(
-                f"the Ray cluster never offered {bundle} for one trial (has "
-                f"{ {k: res.get(k, 0.0) for k in bundle} }); check its worker groups and "
-                "autoscaler, or raise AMBIENT_NODE_WAIT_S"
-            )
-        if now >= next_note:
-            logger.info("waiting for the cluster to add a node with %s for a trial", bundle)
-            next_note = now + 30.0
-        time.sleep(2.0)
 
 
 def _parent_params(sweep: Sweep, concurrency: int, trials: int) -> dict[str, Any]:
@@ -278,9 +219,8 @@ def _tuner(
 ) -> Any:
     from ray import tune
 
-    r = sweep.spec.resources
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, ctx=ctx), {"cpu": r.cpu, "gpu": r.gpu}
+        tune.with_parameters(sweep_trial, ctx=ctx), trial_resources(sweep.spec.resources)
     )
     root = experiment_root(sweep)
     if restore:
@@ -396,7 +336,7 @@ def run_sweep(
     from ambient_platform.ray_runtime import ensure_ray
     from jobs.train import ensure_generated
 
-    concurrency = _effective_concurrency(sweep, ensure_ray())
+    concurrency = effective_concurrency(sweep, ensure_ray())
     ensure_experiment(uri, sweep.experiment)  # in the driver, before any trial (SQLite race)
     _describe(uri, sweep.experiment)
     ensure_generated(RunConfig.model_validate(sweep.base))  # shared data, once, here
@@ -530,6 +470,8 @@ def _log_end(
         "trials/stopped_early": counts.get("stopped_early", 0),
         "trials/errored": counts.get("errored", 0),
         "trials/closed_by_driver": closed,
+        "trials/retries": index.retries,
+        "trials/node_losses": len(index.lost_nodes),
     }
     if sweep.spec.searcher.kind == "optuna" and not restored:  # restored: not this object
         metrics["trials/rejected_suggestions"] = plan.rejected

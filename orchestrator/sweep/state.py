@@ -180,6 +180,8 @@ class SweepIndex:
     n_trials: int | None = None
     segments: list[list[float]] = field(default_factory=list)  # [start, end] per run/resume
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retries: int = 0  # trial starts after the first, by Tune's retry or by a resume
+    lost_nodes: list[str] = field(default_factory=list)  # ids of nodes that died under a trial
 
     @classmethod
     def read(cls, root: StorageRoot) -> SweepIndex | None:

@@ -127,6 +127,8 @@ def sweep_status(
         "done": done,
         "counts": counts,
         "wall_s": index.wall_s,
+        "retries": index.retries,
+        "lost_nodes": index.lost_nodes,
         "trials": _trial_rows(info, index),
     }
     report = root.child(REPORT_DIR)
