@@ -323,7 +323,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     record_phase("setup", time.perf_counter() - t0)
     cfg = _trial_config(ctx, point, seed, gpus)
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-", dir=_scratch_base()))
+    work = _scratch_dir(f"{ctx.sweep}-{trial_id}")
     try:
         restored = _restore(ctx, trial_id, work)
         if restored.meta is not None and restored.meta.done and restored.meta.final:
@@ -591,7 +591,12 @@ def _train(
     tune.report(final.payload(), checkpoint=tune.Checkpoint.from_directory(str(d)))
 
 
-def _scratch_base() -> str:
+def _scratch_dir(key: str) -> Path:
+    """A fresh scratch directory of this attempt of trial ``key`` (sweep-trial id). An earlier
+    attempt killed with its process (kill -9, a lost node) left its own behind: removed here,
+    since a trial never runs twice at once."""
     base = ambient_home() / "tmp"
     base.mkdir(parents=True, exist_ok=True)
-    return str(base)
+    for stale in base.glob(f"trial-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"trial-{key}-", dir=base))

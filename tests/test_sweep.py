@@ -512,6 +512,11 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     assert len(kids) == 4 and len({k.data.tags["ray_trial_id"] for k in kids}) == 4
     assert all(k.info.status == "FINISHED" for k in kids)
     assert set(before) <= {k.info.run_id for k in kids}  # no run duplicated or replaced
+    from ambient_platform.settings import ambient_home
+
+    scratch = ambient_home() / "tmp"  # killed attempts' scratch is removed by their retry
+    ids = [k.data.tags["ray_trial_id"] for k in kids]
+    assert not [p for i in ids for p in scratch.glob(f"trial-smoke-k9-{i}-*")]
     for k in kids:
         status = before.get(k.info.run_id)
         evals = client.get_metric_history(k.info.run_id, "eval/success")
