@@ -151,12 +151,25 @@ _WRITER: list[ThreadPoolExecutor] = []
 _WRITER_LOCK = threading.Lock()
 
 
-def _writer() -> ThreadPoolExecutor:
-    """This process's one writer thread (its queue is drained at interpreter exit)."""
+def _writer(replace: ThreadPoolExecutor | None = None) -> ThreadPoolExecutor:
+    """This process's one writer thread (its queue is drained at interpreter exit); a new one
+    in place of ``replace``, which refused work."""
     with _WRITER_LOCK:
+        if _WRITER and _WRITER[0] is replace:
+            _WRITER.clear()
         if not _WRITER:
             _WRITER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-write"))
         return _WRITER[0]
+
+
+def _submit(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Queue ``fn`` on the writer. Seen in reused Ray Tune workers: the executor shut down
+    between two trials ("cannot schedule new futures after shutdown"); it is replaced once."""
+    ex = _writer()
+    try:
+        return ex.submit(fn, *args, **kwargs)
+    except RuntimeError:
+        return _writer(replace=ex).submit(fn, *args, **kwargs)
 
 
 class _Pending:
@@ -263,14 +276,21 @@ class RunTracker:
         if not async_logging():
             retry_locked(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)
             return
-        op = _writer().submit(
-            retry_locked,
-            self.client.log_batch,
-            self.run_id,
-            metrics=metrics,
-            tags=tags,
-            synchronous=True,
-        )
+        try:
+            op = _submit(
+                retry_locked,
+                self.client.log_batch,
+                self.run_id,
+                metrics=metrics,
+                tags=tags,
+                synchronous=True,
+            )
+        except RuntimeError as exc:  # the interpreter is exiting: write now, never lose it
+            logger.debug("queued logging unavailable (%s); writing synchronously", exc)
+            retry_locked(
+                self.client.log_batch, self.run_id, metrics=metrics, tags=tags, synchronous=True
+            )
+            return
         _PENDING.add(self.run_id, op, metrics, tags)
 
     def flush(self) -> None:

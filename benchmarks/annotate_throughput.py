@@ -4,12 +4,14 @@ Both do identical work on the same data: the same classifier checkpoint, grid, d
 batch size, whole shards re-chunked per episode, one output shard per input shard. Two dataset
 sizes 10x apart; rows/s and peak RSS (summed over the driver and every Ray worker process,
 sampled every 0.2 s). ``first_block_s`` is the pipeline's time to its first scored shard
-(worker start, torch import and classifier load when cold, one shard). The pipeline's tasks keep
-torch and the classifier per Ray worker process, so the first pipeline run of the Ray session is
-``cold`` and later ones are warm (as every later run or watch pass of a session); the loop's
-classifier load is outside its timer, like a warm worker's. Goals (issue 14): pipeline >= 0.9x the
-loop's rows/s at the large size, start + classifier load <= 2 s. ``--repeat`` runs each variant
-that many times (a shared machine is noisy; the load average is printed with every result).
+(worker start, torch import and classifier load when cold, one shard); ``warm_wait_s`` the part
+of the workers' warm-up the pipeline waited for (not hidden behind the driver's own work). The
+pipeline's tasks keep torch and the classifier per Ray worker process, so each size's first
+pipeline run, in a fresh Ray session, is ``cold`` and later ones are warm (as every later run or
+watch pass of a session); the loop's classifier load is outside its timer, like a warm worker's.
+Goals (issue 14): pipeline >= 0.9x the loop's rows/s at the large size, start + classifier load
+<= 2 s. ``--repeat`` runs each variant that many times (a shared machine is noisy; the load
+average is printed with every result).
 Usage: .venv/bin/python benchmarks/annotate_throughput.py [--small 100] [--actors 2] [--repeat 2]
 """
 
@@ -29,9 +31,10 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
+from annotate_setup import GRID, NUM_DRAWS, annotate_config
 
 from ambient_core.envs import maze
-from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
+from ambient_platform.config.annotation import ClassifierTrainConfig
 from ambient_platform.datasets import read_meta, write_dataset
 from ambient_platform.manifest import CurveSettings
 from ambient_platform.ray_runtime import ensure_ray
@@ -40,8 +43,6 @@ from jobs.annotate import annotate
 from jobs.curve_annotator import CurveAnnotator
 from jobs.score_shards import read_checkpoints, score_spec
 from jobs.train_classifier import run_classifier_training
-
-GRID = list(range(0, 100, 10)) + [99]
 
 
 class PeakRss:
@@ -76,7 +77,7 @@ def loop(data: str, clf: str, threads: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     root = StorageRoot(data)
-    settings = CurveSettings(classifier_dir=clf, epochs=[1], grid_levels=GRID, num_draws=4)
+    settings = CurveSettings(classifier_dir=clf, epochs=[1], grid_levels=GRID, num_draws=NUM_DRAWS)
     ann = CurveAnnotator(score_spec(settings, []), read_checkpoints(settings), threads=threads)
     rows = 0
     t0 = time.perf_counter()
@@ -94,22 +95,24 @@ def loop(data: str, clf: str, threads: int) -> dict[str, float]:
 
 def pipeline(data: str, clf: str, out: str, actors: int) -> dict[str, float]:
     with PeakRss() as mem:
-        cfg = AnnotateConfig(
-            data=[data],
-            classifier=clf,
-            epochs=[1],
-            out=out,
-            grid_levels=GRID,
-            num_draws=4,
-            resources={"actors": actors, "cpus_per_actor": 0.5},
-        )
+        cfg = annotate_config(data, clf, out, actors, 0.5)
         res = annotate(cfg, track=False)
     return {
         "rows": res["rows_annotated"],
         "rows_per_s": round(res["rows_per_s"], 1),
         "first_block_s": round(res["first_block_s"], 2),
+        "warm_wait_s": round(res["warm_wait_s"], 2),
         "peak_rss_mb": mem.peak >> 20,
     }
+
+
+def fresh_ray() -> None:
+    """A new local Ray session: its workers have imported nothing yet (a cold pipeline run)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(num_cpus=os.cpu_count())  # Ray's own start is not annotation throughput
 
 
 def main() -> None:
@@ -140,9 +143,9 @@ def main() -> None:
             steps_per_epoch=50,
         )
         clf = run_classifier_training(clf_cfg, track=False)["dir"]
-        ensure_ray(num_cpus=os.cpu_count())  # start-up is not annotation throughput
         results: list[dict] = []
         for n, path in sizes.items():
+            fresh_ray()  # the first pipeline run of each size is cold, the later ones warm
             for i in range(a.repeat):  # interleaved: the other jobs' load changes by the minute
                 lp = loop(path, clf, a.threads)
                 pp = pipeline(path, clf, str(work / f"ann{n}-{i}"), a.actors)
@@ -150,7 +153,7 @@ def main() -> None:
                 results.append(
                     {
                         "episodes": n,
-                        "cold": not results,
+                        "cold": i == 0,
                         "loop": lp,
                         "pipeline": pp,
                         "ratio_rows_per_s": ratio,

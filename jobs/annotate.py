@@ -2,10 +2,10 @@
 
 A run, under the annotation root's lease (the same one ``ambient watch`` takes): plan (the
 shards each dataset's meta.json names, diffed against the latest manifest and the done markers
-of a crashed run, ``jobs.annotation_plan``), check footers, score the rest on the Ray Data actor
-pool (``jobs.score_shards``) writing one output shard per input shard plus a done marker, commit
-manifest ``manifests/v<N+1>.json`` last and create-only (``ambient_platform.manifest``), and
-log an MLflow annotation run.
+of a crashed run, ``jobs.annotation_plan``), check footers, score the rest with Ray Data tasks
+(``jobs.score_shards``; their workers warm up while MLflow starts) writing one output shard per
+input shard plus a done marker, commit manifest ``manifests/v<N+1>.json`` last and create-only
+(``ambient_platform.manifest``), and log an MLflow annotation run.
 
 A score curve is, for the chunk whose current frame is a row, the mean P(clean) over
 ``num_draws`` noise draws at each level of the annotation grid, per classifier epoch. sigma_min is
@@ -60,7 +60,7 @@ from jobs.annotation_plan import (
     next_manifest,
     plan_annotation,
 )
-from jobs.score_shards import execute
+from jobs.score_shards import Scoring, execute, start_scoring
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ def annotate(
             )
         run = _AnnotateRun(cfg, plan_annotation(cfg.data, settings, root), lease, owner)
         readable = run.check()
+        # Workers start, import torch and load the classifier while MLflow starts.
+        scoring = start_scoring(readable, cfg, settings, ray_address) if readable else None
         tracker = None
         if track:
             uri = resolve_tracking_uri(tracking_uri)
@@ -99,7 +101,7 @@ def annotate(
             )
             tracker = RunTracker.start(uri, cfg.experiment, f"annotate-{cfg.name}", tags=tags)
         with tracker.active() if tracker is not None else contextlib.nullcontext():
-            manifest, summary = run.execute(readable, ray_address)
+            manifest, summary = run.execute(readable, scoring)
             if tracker is not None:
                 log_annotation(tracker, root, manifest, summary, cfg)
         return summary
@@ -160,12 +162,12 @@ class _AnnotateRun:
         logger.debug("annotated %s (%d rows)", inp.name, inp.rows)
 
     def execute(
-        self, readable: list[ShardInput], ray_address: str | None
+        self, readable: list[ShardInput], scoring: Scoring | None
     ) -> tuple[Manifest, dict[str, Any]]:
         """Score, commit the manifest; (manifest, summary)."""
         t0 = time.perf_counter()
-        timing = execute(readable, self.cfg, self.plan.settings, self.on_shard, ray_address)
-        wall = time.perf_counter() - t0
+        timing = execute(readable, self.cfg, self.plan.settings, self.on_shard, scoring=scoring)
+        wall = timing["wall_s"] or time.perf_counter() - t0  # from start_scoring
         self.lease.check()
         manifest = next_manifest(self.plan, self.skipped)
         digest = commit_plan(self.plan, manifest)
@@ -182,6 +184,8 @@ class _AnnotateRun:
             "rows_per_s": self.rows / wall if wall > 0 else 0.0,
             "wall_s": wall,
             "first_block_s": timing["first_block_s"],
+            "warm_wait_s": timing["warm_wait_s"],
+            "ready_s": timing["ready_s"],
         }
         return manifest, summary
 

@@ -12,6 +12,7 @@ object store, so a worker never touches the classifier's storage) and a pyarrow 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -195,9 +196,37 @@ def score_block(
     once per process (``key`` names the checkpoints and settings), not once per run: a second
     run, or a watch pass, starts scoring at once.
     """
+    ann = _annotator(key, spec, checkpoints, threads, device)
+    ann.fs = filesystem
+    return ann(items)
+
+
+def warm_up(
+    *,
+    key: str,
+    spec: ScoreSpec,
+    checkpoints: Mapping[int, Checkpoint] | Any,
+    threads: int = 1,
+    device: str = "cpu",
+) -> int:
+    """Ray task submitted when an annotation starts, before its pipeline: imports torch and
+    loads the classifier into this worker process (as ``score_block`` would) while the driver
+    is still planning, starting MLflow and building the pipeline, so that work overlaps instead
+    of adding up. Returns this worker's pid."""
+    _annotator(key, spec, checkpoints, threads, device)
+    return os.getpid()
+
+
+def _annotator(
+    key: str,
+    spec: ScoreSpec,
+    checkpoints: Mapping[int, Checkpoint] | Any,
+    threads: int,
+    device: str,
+) -> CurveAnnotator:
+    """This process's annotator for ``key``, loaded on first use."""
     ann = _WARM.get(key)
     if ann is None:
         _WARM.clear()  # one classifier per process: memory stays bounded
-        ann = _WARM[key] = CurveAnnotator(spec, checkpoints, filesystem, threads, device)
-    ann.fs = filesystem
-    return ann(items)
+        ann = _WARM[key] = CurveAnnotator(spec, checkpoints, None, threads, device)
+    return ann

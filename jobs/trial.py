@@ -22,7 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,13 @@ from ambient_platform.tracking import (
     retry_locked,
 )
 from jobs.annotated_data import sigma_min_rule
+from jobs.trial_checkpoints import (
+    TRIAL_TRAIN,
+    Restored,
+    TrialMeta,
+    drop_training_states,
+    newest_persisted_checkpoint,
+)
 from jobs.trial_node import assigned_gpus, node_tags, retry_tags, trial_device
 from jobs.worker_cache import drop_pending, record_nested, record_phase
 
@@ -53,8 +60,6 @@ logger = logging.getLogger(__name__)
 
 #: Tag holding the trial's point as JSON (typed values, for reports built from MLflow alone).
 POINT_TAG = "ambient.sweep.point"
-TRIAL_META = "trial.json"
-TRIAL_TRAIN = "train"
 #: With reuse_actors, Tune waits this long (default 2 s) for the previous trial's thread to end
 #: before reusing the actor: an early-stopped trial still closes its MLflow run, which can take
 #: longer on a busy SQLite store.
@@ -100,32 +105,6 @@ class TrialResult:
             mlflow_run_id=self.mlflow_run_id,
         )
         return out
-
-
-@dataclass
-class TrialMeta:
-    """What a trial checkpoint records next to the training state (``trial.json``)."""
-
-    run_id: str
-    trial_id: str
-    round: int
-    done: bool = False
-    final: dict[str, Any] | None = None
-
-    def write(self, directory: Path) -> None:
-        (directory / TRIAL_META).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, directory: Path) -> TrialMeta | None:
-        try:
-            data = json.loads((directory / TRIAL_META).read_text())
-            return cls(**{k: data[k] for k in ("run_id", "trial_id", "round")}, **_opt(data))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-
-def _opt(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"done": bool(data.get("done")), "final": data.get("final")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,14 +265,6 @@ def prior_outcome(uri: str, run_id: str, rounds: int, seed: int) -> TrialResult 
 # The trial
 
 
-@dataclass
-class _Restored:
-    """Where a (re)started trial continues from."""
-
-    meta: TrialMeta | None = None
-    train_dir: str | None = None
-
-
 _FIRST_TRIAL = [True]  # of this worker process: its start-up is charged to that trial
 
 
@@ -376,56 +347,22 @@ def _trial_config(
     return cfg
 
 
-def _restore(ctx: TrialContext, trial_id: str, work: Path) -> _Restored:
+def _restore(ctx: TrialContext, trial_id: str, work: Path) -> Restored:
     """Tune's checkpoint of this trial, or a newer one it persisted after Tune's last snapshot."""
     from ray import tune
 
-    out = _Restored()
+    out = Restored()
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         ckpt.to_directory(str(work / "restored"))
         out.meta = TrialMeta.read(work / "restored")
         if (work / "restored" / TRIAL_TRAIN).exists():
             out.train_dir = str(work / "restored" / TRIAL_TRAIN)
-    newer = _newest_persisted_checkpoint(ctx, trial_id, out.meta.round if out.meta else 0)
+    after = out.meta.round if out.meta else 0
+    newer = newest_persisted_checkpoint(
+        ctx.storage_path, ctx.sweep, trial_id, after, ctx.checkpoint_train_state
+    )
     return newer if newer is not None else out
-
-
-def _newest_persisted_checkpoint(
-    ctx: TrialContext, trial_id: str, after_round: int
-) -> _Restored | None:
-    """A readable checkpoint newer than ``after_round`` (the driver died between the trial's
-    write and Tune's snapshot). Local storage only; s3:// relies on Tune's snapshot."""
-    trial_dir = Path(ctx.storage_path) / ctx.sweep / f"trial_{trial_id}"
-    if "://" in ctx.storage_path or not trial_dir.is_dir():
-        return None
-    found: list[tuple[int, bool, str, TrialMeta]] = []
-    for d in trial_dir.glob("checkpoint_*"):
-        meta = TrialMeta.read(d)
-        if meta is not None and meta.trial_id == trial_id and meta.round > after_round:
-            found.append((meta.round, meta.done, str(d), meta))
-    for _, done, where, meta in sorted(found, key=lambda f: f[:2], reverse=True):
-        if done or not ctx.checkpoint_train_state:
-            return _Restored(meta)
-        train = Path(where) / TRIAL_TRAIN
-        if train.exists() and _readable(train):  # a round without state: look further back
-            return _Restored(meta, str(train))
-    return None
-
-
-def _readable(train: Path) -> bool:
-    """A training-state copy that kill -9 did not cut short."""
-    import torch
-
-    from ambient_core.train import CHECKPOINT_FILE, read_checkpoint_meta
-
-    try:
-        read_checkpoint_meta(train)
-        torch.load(train / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as exc:
-        logger.warning("skipping unreadable checkpoint %s: %s", train.parent, exc)
-        return False
-    return True
 
 
 def _open_run(
@@ -434,7 +371,7 @@ def _open_run(
     point: Mapping[str, Any],
     seed: int,
     run_id: str | None,
-    restored: _Restored,
+    restored: Restored,
     trial_name: str,
 ) -> tuple[RunTracker, dict[str, str]]:
     """Create the child run (first attempt) or reopen it (retry, resume): attempt tag up."""
@@ -552,7 +489,7 @@ def _train(
     seed: int,
     tracker: RunTracker,
     tags: dict[str, str],
-    restored: _Restored,
+    restored: Restored,
     work: Path,
 ) -> None:
     from ray import tune
@@ -577,6 +514,8 @@ def _train(
         close_run(ctx.tracking_uri, tracker.run_id, "FAILED", traceback.format_exc())
         raise
     _log_sweep_params(tracker, ctx, point)
+    # Finished or stopped: no resume needs its training state any more (trial_checkpoints).
+    drop_training_states(ctx.storage_path, ctx.sweep, tune.get_context().get_trial_id())
     if reporter.stopped_early or res.get("stopped_early"):
         raise SystemExit(0)  # graceful end of Tune's runner thread, nothing more to report
     loss = res["history"][-1]["loss"] if res.get("history") else math.nan

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Tests have no instance role: boto3 must not probe the EC2 metadata service for credentials.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
+from ambient_platform.local_cluster import free_port  # noqa: E402
 from ambient_platform.settings import configure_environment  # noqa: E402
 
 configure_environment()  # settings.QUIET_ENV, MPLCONFIGDIR under AMBIENT_HOME, MPLBACKEND=Agg
@@ -36,13 +36,6 @@ import torch  # noqa: E402
 
 # Tiny test models run fastest single-threaded, and 2 cores are shared with Ray workers.
 torch.set_num_threads(1)
-
-
-def free_port() -> int:
-    """Ask the OS for a free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _group_members(pgid: int) -> list[int]:

@@ -11,8 +11,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -22,9 +24,12 @@ from ambient_core.envs import maze
 from ambient_platform.config import load_run_config
 from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
 from ambient_platform.datasets import write_dataset
-from ambient_platform.manifest import Manifest, latest_manifest
+from ambient_platform.manifest import CurveSettings, Manifest, latest_manifest
 from ambient_platform.storage import StorageRoot
+from jobs import curve_annotator
 from jobs.annotate import annotate
+from jobs.annotation_plan import annotation_root, curve_settings, plan_annotation
+from jobs.score_shards import GPU_SCORE_BATCH, read_checkpoints, score_spec, start_scoring
 from jobs.train import prepare, run_training
 from jobs.train_classifier import run_classifier_training
 
@@ -92,6 +97,7 @@ def test_annotate_commits_manifest_and_reruns_are_incremental(
     assert run.data.metrics["rows_annotated"] == meta_rows and run.data.metrics["rows_per_s"] > 0
     assert run.inputs is not None
     assert len(run.inputs.dataset_inputs) == 3  # manifest + 2 datasets
+    assert 0.0 <= res["warm_wait_s"] <= res["first_block_s"] <= res["wall_s"]
     again = annotate(cfg, track=False)
     assert again["version"] == 2 and again["shards_annotated"] == 0
     assert again["shards_already_annotated"] == 5 and again["shards_resumed"] == 0
@@ -253,3 +259,55 @@ def test_annotate_s3_and_train_from_annotation(
     assert logged.metrics["sigma_min/mean"] == pytest.approx(float(sm.mean()))
     assert logged.metrics["sigma_min/p50"] == pytest.approx(float(np.median(sm)))
     assert 0.0 <= logged.metrics["sigma_min/eligible_share"] <= 1.0
+
+
+def test_warm_up_loads_the_classifier_once_per_process(maze_data: dict[str, str]) -> None:
+    """The warm-up task and the scoring tasks share their process's annotator: a warmed worker
+    scores without loading the classifier again; another classifier replaces it (one per
+    process, so a long-lived worker's memory stays bounded)."""
+    settings = CurveSettings(
+        classifier_dir=maze_data["clf"], epochs=[1], grid_levels=GRID, num_draws=2
+    )
+    spec = score_spec(settings, [])
+    ckpt = read_checkpoints(settings)
+    shard = sorted(Path(maze_data["dir"], "corrupt", "data").glob("*.parquet"))[0]
+    try:
+        assert curve_annotator.warm_up(key="a", spec=spec, checkpoints=ckpt) == os.getpid()
+        warm = curve_annotator._WARM["a"]
+        items = pa.table({"path": [str(shard)]})
+        out = curve_annotator.score_block(items, key="a", spec=spec, checkpoints=ckpt)
+        assert list(curve_annotator._WARM.items()) == [("a", warm)]
+        assert out.num_rows == pq.read_metadata(shard).num_rows
+        assert out["error"].null_count == out.num_rows
+        curve_annotator.warm_up(key="b", spec=spec, checkpoints=ckpt)
+        assert list(curve_annotator._WARM) == ["b"]
+    finally:
+        curve_annotator._WARM.clear()
+
+
+def test_score_batches_are_sized_by_device() -> None:
+    settings = CurveSettings(classifier_dir="clf", epochs=[1], grid_levels=GRID, num_draws=2)
+    assert score_spec(settings, [], "cpu").score_batch == settings.score_batch
+    assert score_spec(settings, [], "cuda").score_batch == GPU_SCORE_BATCH
+
+
+def test_start_scoring_warms_one_worker_per_task_slot(
+    maze_data: dict[str, str], ray_session: object, tmp_path: Path
+) -> None:
+    """Workers import torch and load the classifier before the pipeline's first block, one per
+    concurrent task (no more than there are shards), in Ray workers, not in the driver."""
+    cfg = _cfg(
+        [f"{maze_data['dir']}/corrupt"],
+        maze_data["clf"],
+        str(tmp_path / "a"),
+        grid_levels=GRID,
+        resources={"actors": 2, "cpus_per_actor": 0.5},
+    )
+    settings = curve_settings(cfg)
+    shards = plan_annotation(cfg.data, settings, annotation_root(cfg)).pending
+    ray: Any = ray_session
+    scoring = start_scoring(shards, cfg, settings)
+    pids = ray.get(scoring.warming, timeout=240)
+    assert len(pids) == 2 and os.getpid() not in pids
+    one = start_scoring(shards[:1], cfg, settings)
+    assert len(ray.get(one.warming, timeout=240)) == 1

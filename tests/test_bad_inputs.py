@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from conftest import free_port
 
 from ambient_core.envs import maze
 from ambient_platform.datasets import write_dataset
@@ -185,12 +186,6 @@ def _busy_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
     finally:
         s.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def invoke(argv: list[str], env: dict[str, str] | None = None) -> Result:
@@ -900,7 +895,7 @@ def test_the_unbroken_camera_dataset_is_valid(world: World) -> None:
 
 
 def _submit(w: World, *more: str, address: str | None = None) -> list[str]:
-    return ["submit", "--address", address or f"http://127.0.0.1:{_free_port()}", *more]
+    return ["submit", "--address", address or f"http://127.0.0.1:{free_port()}", *more]
 
 
 FLAG_ROWS: list[Row] = [
@@ -946,7 +941,7 @@ FLAG_ROWS: list[Row] = [
     ),
     (
         "job logs: cluster unreachable",
-        lambda w: ["job", "logs", "--address", f"http://127.0.0.1:{_free_port()}", "x"],
+        lambda w: ["job", "logs", "--address", f"http://127.0.0.1:{free_port()}", "x"],
         "cannot reach",
     ),
 ]

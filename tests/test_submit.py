@@ -3,15 +3,8 @@ stopped by the test; submission ids, secret refusal and the --storage/--tracking
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +15,7 @@ from mlflow import MlflowClient
 from ambient_core.envs import maze
 from ambient_platform.config.annotation import ClassifierTrainConfig
 from ambient_platform.datasets import write_dataset
+from ambient_platform.local_cluster import local_cluster
 from ambient_platform.storage import StorageRoot
 from jobs.train_classifier import run_classifier_training
 from orchestrator.cli import main as cli
@@ -29,14 +23,6 @@ from orchestrator.submit import Submission, SubmitError
 
 ROOT = Path(__file__).resolve().parents[1]
 _NOT_CODE = (".git", ".venv", ".work", ".ambient", "*.egg-info", "__pycache__", ".*_cache")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_submission_ids_are_deterministic_and_secrets_stay_home(tmp_path: Path) -> None:
@@ -97,62 +83,12 @@ def test_storage_flag_moves_relative_locations(tmp_path: Path) -> None:
 def cluster() -> Iterator[str]:
     """A real single-node Ray cluster with the Jobs API on 127.0.0.1; yields its dashboard URL.
 
-    Started with ``ray start --head --block`` in its own process group and stopped by killing
-    that group (never ``ray stop``, which would end every Ray instance on the machine).
+    ``ambient_platform.local_cluster``: ``ray start --head --block`` on free ports in its own
+    process group, stopped by killing that group (never ``ray stop``, which would end every Ray
+    instance on the machine).
     """
-    port, dash = free_port(), free_port()
-    tmp = tempfile.mkdtemp(prefix="ray-sub-")  # short: Ray's socket paths must stay < 108
-    ray_bin = Path(sys.executable).with_name("ray")
-    proc = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--include-dashboard=true",
-            "--num-cpus=2",
-            # Every fixed default port, so this cluster never collides with the session's Ray.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={tmp}",
-            "--disable-usage-stats",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # As on a cluster node, `python` is the environment the project is installed in.
-        env={
-            **os.environ,
-            "RAY_ADDRESS": "",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-    )
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ray start --head did not come up (exit {proc.poll()})")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # head, raylet, GCS, dashboard, workers
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with local_cluster(workers=0, head_cpus=2) as c:
+        yield c.dashboard_url
 
 
 def test_submit_runs_on_the_cluster_logs_to_mlflow_and_never_twice(

@@ -641,3 +641,42 @@ def test_round_checkpoints_carry_the_training_state_only_where_resume_needs_it(
     assert rep._wants_state()
     ctx.checkpoint_train_state = False
     assert not rep._wants_state()
+
+
+def test_a_finished_trial_drops_the_training_state_of_its_checkpoints(tmp_path: Path) -> None:
+    """Tune keeps every round checkpoint (a limit would snapshot the experiment each time):
+    the bulky training state goes once the trial ends; what resume reads stays."""
+    from jobs.trial_checkpoints import TRIAL_META, TRIAL_TRAIN, drop_training_states
+
+    trial = tmp_path / "sw" / "trial_ab_00001"
+    for r in range(3):
+        d = trial / f"checkpoint_00000{r}"
+        (d / TRIAL_TRAIN).mkdir(parents=True)
+        (d / TRIAL_TRAIN / "state.pt").write_bytes(b"x" * 100)
+        (d / TRIAL_META).write_text("{}")
+    (trial / "result.json").write_text("{}")
+    assert drop_training_states(str(tmp_path), "sw", "ab_00001") == 3
+    left = sorted(p.relative_to(trial).as_posix() for p in trial.rglob("*") if p.is_file())
+    assert left == [f"checkpoint_00000{r}/{TRIAL_META}" for r in range(3)] + ["result.json"]
+    assert drop_training_states(str(tmp_path), "sw", "missing") == 0
+
+
+def test_queued_logging_survives_a_shut_down_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in a reused Tune worker: the writer executor was shut down between two trials and
+    the next trial's run ended FAILED; a new writer must take over."""
+    from ambient_platform import tracking
+
+    monkeypatch.setenv(tracking.ASYNC_ENV, "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = tracking.RunTracker.start(uri, "queue", "r")
+    t.log_metrics({"loss": 1.0}, 1)
+    t.flush()
+    tracking._writer().shutdown(wait=True)
+    t.log_metrics({"time/train_s": 2.0}, 2)
+    t.set_tags({"stage": "done"})
+    t.end()
+    run = t.client.get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["time/train_s"] == 2.0
+    assert run.data.tags["stage"] == "done"

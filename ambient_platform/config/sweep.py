@@ -170,7 +170,6 @@ class SweepSpec(StrictModel):
     time_budget_s: PositiveFloat | None = None
     experiment: str | None = None
     reuse_actors: bool = True
-    keep_checkpoints: int = Field(1, ge=1)
     checkpoint_train_state: bool = True
 
     @field_validator("name")

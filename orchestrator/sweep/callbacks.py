@@ -28,6 +28,8 @@ from orchestrator.sweep.state import SweepIndex, SweepInfo
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
+#: The index is rewritten at most this often while trials change (and at the end).
+INDEX_WRITE_S = 1.0
 DONE = ("finished", "stopped_early", "errored")
 
 
@@ -175,7 +177,12 @@ class SweepMonitor(Callback):
 
 class LiveView:
     """Keeps ``ambient_index.json`` current, logs a line per finished trial, drives a tqdm bar
-    and asks for a report refresh whenever a trial ends."""
+    and asks for a report refresh whenever a trial ends.
+
+    Its cost must not grow with the sweep: Tune calls ``step`` many times a second with every
+    trial, so only trials still in play are looked at (an entry is rebuilt when what it is made
+    of changed), and the index, which holds every trial, is written at most every
+    ``INDEX_WRITE_S`` (rewriting it on every start and end made 200 trials cost 13 s)."""
 
     def __init__(
         self,
@@ -190,9 +197,25 @@ class LiveView:
         self.progress = progress
         self.bar: Any = None
         self.last_write = 0.0
+        self.dirty = False
         self.started: dict[str, float] = {}
+        self.seen: dict[str, tuple[Any, ...]] = {}  # trial id -> _inputs at its last sync
+        self.settled: set[str] = set()  # ended under this driver: Tune changes them no more
+        self.done = {k for k, t in index.trials.items() if t.get("outcome") in DONE}
 
     # -- index
+
+    def _inputs(self, trial: Any) -> tuple[Any, ...]:
+        """What a trial's entry is computed from, besides its fixed config."""
+        last = trial.last_result or {}
+        return (
+            trial.status,
+            "round" in last,
+            last.get("round"),
+            last.get("final"),
+            last.get(self.info.metric),
+            last.get("mlflow_run_id"),
+        )
 
     def _entry(self, trial: Any) -> dict[str, Any]:
         last = dict(trial.last_result or {})
@@ -217,29 +240,48 @@ class LiveView:
             )
         return entry
 
+    def _put(self, trial_id: str, entry: dict[str, Any]) -> None:
+        self.index.trials[trial_id] = entry
+        if entry.get("outcome") in DONE:
+            self.done.add(trial_id)
+        else:
+            self.done.discard(trial_id)
+        self.dirty = True
+
     def _sync(self, trials: list[Any]) -> bool:
         changed = False
         for t in trials:
+            if t.trial_id in self.settled:
+                continue
+            inputs = self._inputs(t)
+            if self.seen.get(t.trial_id) == inputs and t.trial_id in self.index.trials:
+                continue
+            self.seen[t.trial_id] = inputs
             e = self._entry(t)
             if self.index.trials.get(t.trial_id) != e:
-                self.index.trials[t.trial_id] = e
+                self._put(t.trial_id, e)
                 changed = True
+            if t.status in ("TERMINATED", "ERROR"):  # e.g. ended before a resume
+                self.settled.add(t.trial_id)
         return changed
 
     def write(self, force: bool = False) -> None:
+        """Write the index now (``force``), once it changed and ``INDEX_WRITE_S`` passed, or
+        every ``HEARTBEAT_S`` (``sweep status`` tells a silent driver by the index's age)."""
         now = time.time()
-        if force or now - self.last_write >= HEARTBEAT_S:
+        since = now - self.last_write
+        if force or (self.dirty and since >= INDEX_WRITE_S) or since >= HEARTBEAT_S:
             with contextlib.suppress(Exception):
                 self.index.write(self.root)
+                self.dirty = False
             self.last_write = now
 
     # -- what the Tune hooks do
 
     def setup(self) -> None:
-        done = sum(1 for t in self.index.trials.values() if t.get("outcome") in DONE)
         self.bar = tqdm(
             total=self.index.n_trials,
-            initial=done,
+            initial=len(self.done),
             desc=f"sweep {self.info.name}",
             unit="trial",
             disable=None if self.progress else True,
@@ -253,8 +295,9 @@ class LiveView:
         if old.get("started") and old.get("outcome") not in DONE:
             self.index.retries += 1
         self.started[trial.trial_id] = time.time()
-        self.index.trials[trial.trial_id] = {**self._entry(trial), "started": time.time()}
-        self.write(force=True)
+        self.settled.discard(trial.trial_id)
+        self._put(trial.trial_id, {**self._entry(trial), "started": time.time()})
+        self.write()
 
     def recovered(self, trial: Any) -> None:
         """Tune will retry a failed trial: note a lost node (the retry is counted when the
@@ -264,13 +307,12 @@ class LiveView:
         if node is not None and node not in self.index.lost_nodes:
             self.index.lost_nodes.append(node)
         self.index.trials.setdefault(trial.trial_id, self._entry(trial))["retry_reason"] = reason
-        self.write(force=True)
+        self.dirty = True
+        self.write()
 
     def step(self, trials: list[Any]) -> None:
-        if self._sync(trials):
-            self.write(force=True)
-        else:
-            self.write()
+        self._sync(trials)
+        self.write()
 
     def ended(self, trial: Any, status: str) -> None:
         """Tune calls the end hooks before it sets the trial's final status: take it from the
@@ -280,14 +322,14 @@ class LiveView:
         entry["duration_s"] = time.time() - start if start else None
         entry["status"] = status
         entry["outcome"] = outcome_of(status, dict(trial.last_result or {}))
-        self.index.trials[trial.trial_id] = entry
-        self.write(force=True)
-        done = sum(1 for t in self.index.trials.values() if t.get("outcome") in DONE)
+        self._put(trial.trial_id, entry)
+        self.settled.add(trial.trial_id)
+        self.write()
         total = self.index.n_trials or len(self.index.trials)
         dur = "" if entry["duration_s"] is None else f", {entry['duration_s']:.0f} s"
         logger.info(
             "[%d/%d] %s: %s %s (%s%s)",
-            done,
+            len(self.done),
             total,
             entry["label"],
             self.info.metric,
@@ -310,12 +352,16 @@ class LiveView:
 #: A live report refresh waits at least this many times the last build took: the build shares
 #: the machine with the trials (on 2 cores, 5x cost them ~15% of a core, 20x about 5%).
 REFRESH_COST_RATIO = 20.0
+#: ... and until the trials ended since the last build are at least this share of those ended
+#: before it: a build reads every trial, so a refresh per trial made the refreshes of a long
+#: sweep cost O(N^2); spaced geometrically they add up to about 1 / share final builds.
+REFRESH_GROWTH = 0.1
 
 
 class Refresher:
     """Rebuilds the report in a background thread when asked, at most every ``interval_s``
-    (and never more often than ``REFRESH_COST_RATIO`` x the last build took), so trials are
-    not slowed down."""
+    (and never more often than ``REFRESH_COST_RATIO`` x the last build took, nor before
+    ``REFRESH_GROWTH`` more trials ended), so trials are not slowed down."""
 
     def __init__(self, build: Callable[[], None], interval_s: float = 30.0) -> None:
         self.build, self.interval_s = build, interval_s
@@ -323,10 +369,13 @@ class Refresher:
         self.stop = threading.Event()
         self.last = 0.0
         self.took = 0.0
+        self.pokes = 0  # trials ended (one poke each)
+        self.built_at = 0  # pokes the last build saw
         self.thread = threading.Thread(target=self._loop, name="sweep-report", daemon=True)
         self.thread.start()
 
     def poke(self) -> None:
+        self.pokes += 1
         self.wanted.set()
 
     def _loop(self) -> None:
@@ -337,12 +386,15 @@ class Refresher:
             if wait > 0 and self.stop.wait(timeout=wait):
                 return
             self.wanted.clear()
+            seen = self.pokes
+            if seen - self.built_at < REFRESH_GROWTH * self.built_at:
+                continue  # the next poke asks again
             t0 = time.time()
             try:
                 self.build()
             except Exception as exc:  # a report must never stop the sweep
                 logger.warning("report refresh failed: %s", exc)
-            self.last, self.took = time.time(), time.time() - t0
+            self.last, self.took, self.built_at = time.time(), time.time() - t0, seen
 
     def close(self) -> None:
         self.stop.set()

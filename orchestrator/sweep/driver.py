@@ -37,7 +37,7 @@ from jobs.trial import TrialContext, close_run, sweep_trial
 from orchestrator.sweep.callbacks import LiveView, Refresher, SweepMonitor, TrialRunCloser
 from orchestrator.sweep.placement import effective_concurrency, trial_resources
 from orchestrator.sweep.report import Report, build_report, publish
-from orchestrator.sweep.results import build_results
+from orchestrator.sweep.results import Results, build_results
 from orchestrator.sweep.searcher import SearchPlan, scheduler, search_plan
 from orchestrator.sweep.state import (
     REPORT_DIR,
@@ -209,6 +209,12 @@ def _quiet(verbose: int) -> None:
         warn_if_slow.DEFAULT_THRESHOLD = 5.0
 
 
+def _trial_dirname(trial: Any) -> str:
+    """``trial_<id>``. A module function, not a lambda: Tune pickles it into every experiment
+    snapshot (59 bytes instead of 498)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _tuner(
     sweep: Sweep,
     ctx: TrialContext,
@@ -234,13 +240,13 @@ def _tuner(
             num_samples=plan.num_samples,
             time_budget_s=sweep.spec.time_budget_s,
             reuse_actors=sweep.spec.reuse_actors,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=sweep.name,
             storage_path=sweep.storage_path,
             failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.spec.keep_checkpoints),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # trial_checkpoints
             callbacks=callbacks,
             verbose=min(verbose, 3),
         ),
@@ -258,8 +264,9 @@ class ReportJob:
     def refresh(self) -> None:
         self()
 
-    def __call__(self) -> Report:
-        report = build_report(self.info, report_dir(self.root, self.sweep.name), self.index)
+    def __call__(self, results: Results | None = None) -> Report:
+        out = report_dir(self.root, self.sweep.name)
+        report = build_report(self.info, out, self.index, results)
         store = self.root.child(REPORT_DIR) if self.root.local_path is None else None
         publish(report, self.parent, store)
         summary = self.root.child(SUMMARY_DIR)
@@ -421,7 +428,7 @@ def _fit(
             index.state = "FINISHED"
             closed = reconcile_runs(info.tracking_uri, sweep, parent.run_id, index.trials)
             results = build_results(info)
-            report = report_job()
+            report = report_job(results)
             _log_end(
                 parent, sweep, index, results.counts, closed, plan, run.restored, results.best
             )

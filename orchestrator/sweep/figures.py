@@ -14,7 +14,7 @@ import numpy as np
 from ambient_platform.config.naming import format_value
 from orchestrator.sweep.results import ConfigStats, Results
 from orchestrator.sweep.state import SMOOTHNESS
-from orchestrator.sweep.stats import Importance, pareto_front
+from orchestrator.sweep.stats import Importance, Interval, pareto_front
 
 DPI = 160
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -134,34 +134,8 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
             ((_dodged(axis.x(c.params[path]), offs[gi], axis), c) for c in configs),
             key=lambda t: t[0],
         )
-        for x, c in pts:
-            if len(c.values) > 1:
-                jit = rng.uniform(-1.0, 1.0, len(c.values)) * _jitter_width(axis, offs, span)
-                ax.scatter(
-                    [_dodged(x, j, axis) for j in jit],
-                    c.values,
-                    s=14,
-                    color=color,
-                    alpha=0.35,
-                    linewidths=0,
-                    zorder=2,
-                )
-            i = c.interval
-            if i.mean is None:
-                continue
-            yerr = None if i.half_width is None else [[i.half_width], [i.half_width]]
-            ax.errorbar(
-                [x], [i.mean], yerr=yerr, fmt="o", ms=6, color=color, capsize=4, lw=1.4, zorder=3
-            )
-            if not same_n:
-                ax.annotate(
-                    f"n={i.n}",
-                    (x, i.mean),
-                    xytext=(5, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=color,
-                )
+        _seed_dots(ax, pts, color, axis, _jitter_width(axis, offs, span), rng)
+        _mean_bars(ax, pts, color, same_n)
         means = [(x, c.interval.mean) for x, c in pts if c.interval.mean is not None]
         if axis.numeric and len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
@@ -187,6 +161,57 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
         )
     ax.grid(alpha=0.3)
     return _save(fig, out)
+
+
+def _seed_dots(
+    ax: Any,
+    pts: Sequence[tuple[float, ConfigStats]],
+    color: str,
+    axis: Axis,
+    width: float,
+    rng: np.random.Generator,
+) -> None:
+    """Single seeds as faint jittered dots, one artist for the whole group (one per
+    configuration made a thousand-configuration figure take seconds)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, c in pts:
+        if len(c.values) > 1:
+            jit = rng.uniform(-1.0, 1.0, len(c.values)) * width
+            xs += [_dodged(x, j, axis) for j in jit]
+            ys += c.values
+    if xs:
+        ax.scatter(xs, ys, s=14, color=color, alpha=0.35, linewidths=0, zorder=2)
+
+
+def _mean_bars(
+    ax: Any, pts: Sequence[tuple[float, ConfigStats]], color: str, same_n: bool
+) -> None:
+    """Each configuration's mean with its 95% interval (NaN: none for n = 1), one artist."""
+    shown = [(x, c.interval) for x, c in pts if c.interval.mean is not None]
+    if not shown:
+        return
+    ax.errorbar(
+        [x for x, _ in shown],
+        [i.mean for _, i in shown],
+        yerr=_half_widths([i for _, i in shown]),
+        fmt="o",
+        ms=6,
+        color=color,
+        capsize=4,
+        lw=1.4,
+        zorder=3,
+    )
+    if not same_n:
+        for x, i in shown:
+            ax.annotate(
+                f"n={i.n}",
+                (x, i.mean),
+                xytext=(5, 4),
+                textcoords="offset points",
+                fontsize=7,
+                color=color,
+            )
 
 
 def _style_param_axis(
@@ -264,22 +289,11 @@ def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: st
     pts = [(c, c.metrics[cost], c.metrics[gain]) for c in configs if _both(c, cost, gain)]
     front = pareto_front([(ci.mean or 0.0, gi.mean or 0.0) for _, ci, gi in pts])
     label_all = len(pts) <= 6
+    for on in (False, True):  # one artist per class: one per configuration took seconds
+        mine = [(ci, gi) for (_, ci, gi), o in zip(pts, front, strict=True) if o == on]
+        if mine:
+            _tradeoff_points(ax, mine, on)
     for (c, ci, gi), on in zip(pts, front, strict=True):
-        color = "#d62728" if on else "#8c99a6"
-        ax.errorbar(
-            [ci.mean],
-            [gi.mean],
-            xerr=None if ci.half_width is None else [[ci.half_width], [ci.half_width]],
-            yerr=None if gi.half_width is None else [[gi.half_width], [gi.half_width]],
-            fmt="o",
-            color=color,
-            ecolor=color,
-            elinewidth=1,
-            alpha=0.9 if on else 0.55,
-            ms=7 if on else 5,
-            capsize=2,
-            zorder=3 if on else 2,
-        )
         if on or label_all:
             ax.annotate(
                 f"#{rank[id(c)]}",
@@ -301,6 +315,31 @@ def _tradeoff_panel(ax: Any, configs: Sequence[ConfigStats], cost: str, gain: st
     ax.set_ylabel(f"{gain} (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", frameon=False)
+
+
+def _half_widths(intervals: Sequence[Interval]) -> list[list[float]] | None:
+    """Symmetric error bars of ``intervals`` (NaN: no bar), None when no interval has one."""
+    half = [math.nan if i.half_width is None else i.half_width for i in intervals]
+    return None if all(math.isnan(h) for h in half) else [half, half]
+
+
+def _tradeoff_points(ax: Any, pts: Sequence[tuple[Interval, Interval]], on: bool) -> None:
+    """Configurations on (red) or off (grey) the Pareto front with their 95% intervals."""
+    color = "#d62728" if on else "#8c99a6"
+    ax.errorbar(
+        [ci.mean for ci, _ in pts],
+        [gi.mean for _, gi in pts],
+        xerr=_half_widths([ci for ci, _ in pts]),
+        yerr=_half_widths([gi for _, gi in pts]),
+        fmt="o",
+        color=color,
+        ecolor=color,
+        elinewidth=1,
+        alpha=0.9 if on else 0.55,
+        ms=7 if on else 5,
+        capsize=2,
+        zorder=3 if on else 2,
+    )
 
 
 # --------------------------------------------------------------------------------------------

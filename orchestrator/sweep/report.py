@@ -15,6 +15,7 @@ import html
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,19 @@ def _trial_config(info: SweepInfo, params: dict[str, Any]) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
+def _corrupt_refs(info: SweepInfo, configs: Sequence[ConfigStats]) -> Iterator[Any]:
+    """The corrupt dataset references of each configuration's validated run config. Only
+    swept ``data`` paths change them, so each distinct data setting is validated once (a
+    validation per configuration cost seconds in a thousand-configuration sweep)."""
+    seen: dict[str, list[Any]] = {}
+    for c in configs:
+        data = {p: v for p, v in c.params.items() if p == "data" or p.startswith("data.")}
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = list(_trial_config(info, c.params).data.corrupt)
+        yield from seen[key]
+
+
 def _annotation_figures(results: Results, d: Path, notes: list[str]) -> list[Figure]:
     """Classifier P(clean) vs sigma with tau, and the derived sigma_min per configuration."""
     info = results.info
@@ -85,23 +99,21 @@ def _annotation_figures(results: Results, d: Path, notes: list[str]) -> list[Fig
     panels: dict[tuple[Any, ...], tuple[str, np.ndarray, np.ndarray]] = {}
     seed = info.seeds[0] if info.seeds else 0
     try:
-        for c in results.ranking.configs:
-            cfg = _trial_config(info, c.params)
-            for ref in cfg.data.corrupt:
-                ann = ref.annotation
-                if ann is None:
-                    continue
-                key = (ref.path, ann.path, ann.version, ann.epoch, ann.dataset)
-                if key not in cache:
-                    cache[key] = annotation_curves(ref)
-                taus.setdefault(key, []).append(ann.tau)
-                pkey = (*key, ann.tau, ann.granularity, ann.n_buckets, ann.bucket_mode)
-                if pkey not in panels:
-                    title = f"tau={format_value(ann.tau)}, epoch {ann.epoch}, {ann.granularity}"
-                    if ann.granularity == "bucket":
-                        title += f" x{ann.n_buckets} ({ann.bucket_mode})"
-                    sm = derived_sigma_min(ref, cache[key], seed)
-                    panels[pkey] = (title, sm, cache[key].grid_sigmas)
+        for ref in _corrupt_refs(info, results.ranking.configs):
+            ann = ref.annotation
+            if ann is None:
+                continue
+            key = (ref.path, ann.path, ann.version, ann.epoch, ann.dataset)
+            if key not in cache:
+                cache[key] = annotation_curves(ref)
+            taus.setdefault(key, []).append(ann.tau)
+            pkey = (*key, ann.tau, ann.granularity, ann.n_buckets, ann.bucket_mode)
+            if pkey not in panels:
+                title = f"tau={format_value(ann.tau)}, epoch {ann.epoch}, {ann.granularity}"
+                if ann.granularity == "bucket":
+                    title += f" x{ann.n_buckets} ({ann.bucket_mode})"
+                sm = derived_sigma_min(ref, cache[key], seed)
+                panels[pkey] = (title, sm, cache[key].grid_sigmas)
     except Exception as exc:  # the report must not fail on an unreadable annotation
         notes.append(f"annotation figures skipped: {exc}")
         logger.warning("annotation figures skipped: %s", exc)

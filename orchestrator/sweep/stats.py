@@ -3,6 +3,7 @@ parameter importance. Kept apart from plotting so the test can check the numbers
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -48,11 +49,18 @@ def t_interval(values: Sequence[float]) -> Interval:
     mean = float(vals.mean())
     if n < 2:
         return Interval(1, mean, None, None)
+    std = float(vals.std(ddof=1))
+    half = float(_t_quantile(n - 1) * std / math.sqrt(n))
+    return Interval(n, mean, std, half)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(dof: int) -> float:
+    """Student-t quantile of the interval: one scipy call per seed count, not per interval
+    (a thousand-configuration report asks for it thousands of times)."""
     from scipy import stats
 
-    std = float(vals.std(ddof=1))
-    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1) * std / math.sqrt(n))
-    return Interval(n, mean, std, half)
+    return float(stats.t.ppf(1 - ALPHA / 2, dof))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -74,15 +82,29 @@ def overlap(a: Interval, b: Interval) -> bool | None:
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """Which (cost, gain) points no other point beats on both (lower cost, higher gain)."""
-    out = []
-    for i, (c, g) in enumerate(points):
-        dominated = any(
-            (c2 <= c and g2 >= g) and (c2 < c or g2 > g)
-            for j, (c2, g2) in enumerate(points)
-            if j != i
-        )
-        out.append(not dominated)
+    """Which (cost, gain) points no other point beats on both (lower cost, higher gain).
+
+    A point is dominated by one of lower cost and at least its gain, or of equal cost and
+    higher gain; sorted by cost this is one pass (the pairwise check was quadratic). NaN
+    compares false, so a point with a NaN neither dominates nor is dominated."""
+    out = [True] * len(points)
+    finite = sorted(
+        (i for i, (c, g) in enumerate(points) if not (math.isnan(c) or math.isnan(g))),
+        key=lambda i: points[i][0],
+    )
+    best_below: float | None = None  # highest gain among points of strictly lower cost
+    k = 0
+    while k < len(finite):
+        end = k
+        while end < len(finite) and points[finite[end]][0] == points[finite[k]][0]:
+            end += 1
+        same = finite[k:end]
+        top = max(points[i][1] for i in same)
+        for i in same:
+            g = points[i][1]
+            out[i] = not ((best_below is not None and best_below >= g) or top > g)
+        best_below = top if best_below is None else max(best_below, top)
+        k = end
     return out
 
 
@@ -141,6 +163,11 @@ def param_importance(
         return Importance(
             {}, "fANOVA", "no swept parameter takes two values among finished trials"
         )
+    note = f"fANOVA (Optuna) over {len(done)} finished trials of {len(configs)} configurations"
+    if len(dists) == 1:  # normalised importances sum to 1: no forest needed (seconds at 1,000)
+        ((label, _, _),) = dists.values()
+        note += "; a single varying parameter takes all the importance by definition"
+        return Importance({label: 1.0}, "fANOVA", note)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for p, v in done:
@@ -156,7 +183,4 @@ def param_importance(
     except Exception as exc:  # fANOVA refuses degenerate studies (e.g. all values equal)
         logger.info("parameter importance unavailable: %s", exc)
         return Importance({}, "fANOVA", f"not computable here: {exc}")
-    note = f"fANOVA (Optuna) over {len(done)} finished trials of {len(configs)} configurations"
-    if len(dists) == 1:
-        note += "; a single varying parameter takes all the importance by definition"
     return Importance({k: float(v) for k, v in imp.items()}, "fANOVA", note)
