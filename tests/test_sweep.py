@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import kill_tree
 
 from ambient_platform.config import ConfigError
 from ambient_platform.config.sweep import Constraint, OptunaSpace, load_sweep
@@ -379,42 +379,6 @@ def test_smoke_sweep_end_to_end(ray_session: object, tmp_path: Path) -> None:
     assert out.exit_code == 2 and "already exists" in out.output and "resume" in out.output
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc): Ray's GCS, raylet, agents and trial workers,
-    some of which run in process groups of their own."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parent[int(d)] = int(
-                    Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-    out, todo = [], [pid]
-    while todo:
-        cur = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == cur]
-        out += kids
-        todo += kids
-    return out
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """kill -9 the driver's process group and every process it started (by pid), then wait
-    until they are gone, so no trial worker outlives the driver and keeps logging."""
-    try:
-        pids = _descendants(proc.pid) if proc.poll() is None else []
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.time() + 30
-    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
-
-
 @pytest.mark.timeout(300)
 def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
     ray_session: object, tmp_path: Path
@@ -483,7 +447,9 @@ def test_kill_dash_nine_then_resume_keeps_runs_and_finished_trials(
                 before, mid = status, running_mid
         assert before, "no trial finished while another had checkpointed (timeout)"
     finally:
-        _kill_tree(proc)
+        # The driver's group and every process it started: no trial outlives it and logs on.
+        kill_tree(proc.pid)
+        proc.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     # What the dead driver left behind (a trial may have ended between the last poll and -9).
     before = {k.info.run_id: k.info.status for k in _children(uri, parent_id)}
