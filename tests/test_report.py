@@ -444,3 +444,24 @@ def test_annotation_figures_when_only_a_swept_value_has_the_annotation(
         "classifier_p_clean_vs_sigma.png",
         "sigma_min_distribution.png",
     }, notes
+
+
+def test_importance_at_scale_uses_fewer_trees_and_ranks_the_true_effects() -> None:
+    """fANOVA's cost grows with trees x trials: a thousand-trial report must not spend its
+    seconds there, and the fewer trees must still rank the parameters by their real effect."""
+    import random
+
+    from orchestrator.sweep.stats import FANOVA_FULL_TRIALS, _fanova_trees, param_importance
+
+    assert _fanova_trees(20) == _fanova_trees(FANOVA_FULL_TRIALS) == 64
+    assert _fanova_trees(1000) == 16 and _fanova_trees(100_000) == 8
+    rng = random.Random(0)
+    trials = []
+    for _ in range(400):
+        p = {"a": rng.choice([0.02, 0.07, 0.18, 0.46]), "c": rng.choice([1, 2, 3, 4, 5])}
+        p["noise"] = rng.uniform(0.0, 1.0)
+        value = 0.5 * p["a"] + 0.2 * math.log(p["c"]) + rng.gauss(0.0, 0.02)
+        trials.append((p, value))
+    imp = param_importance(trials, {"a": "a", "c": "c", "noise": "noise"}, {}, "max")
+    assert list(imp.values) == ["c", "a", "noise"]
+    assert imp.values["noise"] < 0.05

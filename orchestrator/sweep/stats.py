@@ -112,6 +112,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 # Parameter importance (Optuna's evaluators over a study rebuilt from the results)
 
 
+#: Up to this many finished trials, fANOVA uses Optuna's default 64 trees.
+FANOVA_FULL_TRIALS = 250
+
+
 @dataclass(frozen=True)
 class Importance:
     values: dict[str, float]  # label -> importance (sums to 1), most important first
@@ -133,6 +137,13 @@ def _distribution(values: list[Any], log: bool) -> tuple[Any, Any] | None:
         return FloatDistribution(lo, hi, log=log), float
     choices = tuple(sorted(distinct))
     return CategoricalDistribution(choices), lambda v: json.dumps(v, sort_keys=True)
+
+
+def _fanova_trees(n_trials: int) -> int:
+    """Optuna's 64 trees up to 250 trials, fewer beyond: fANOVA's cost grows with trees x
+    trials (17.8 s for 1,000 trials of 4 parameters at 64 trees, 4.7 s at 16, importances equal
+    to 0.002), and a report must stay within seconds at thousands of trials."""
+    return max(8, min(64, 64 * FANOVA_FULL_TRIALS // max(1, n_trials)))
 
 
 def param_importance(
@@ -179,7 +190,8 @@ def param_importance(
             )
         )
     try:
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        evaluator = FanovaImportanceEvaluator(n_trees=_fanova_trees(len(done)), seed=0)
+        imp = get_param_importances(study, evaluator=evaluator)
     except Exception as exc:  # fANOVA refuses degenerate studies (e.g. all values equal)
         logger.info("parameter importance unavailable: %s", exc)
         return Importance({}, "fANOVA", f"not computable here: {exc}")
