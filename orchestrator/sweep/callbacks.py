@@ -5,6 +5,9 @@ report refreshes as trials finish)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import re
 import threading
@@ -358,6 +361,23 @@ REFRESH_COST_RATIO = 20.0
 REFRESH_GROWTH = 0.1
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_memory() -> None:
+    """Hand the heap a report build freed back to the OS (glibc's ``malloc_trim``, a few ms;
+    a no-op elsewhere): glibc keeps freed memory below the top of its heaps, so each live
+    refresh of a 1,000-trial sweep left the driver ~5-10 MB larger."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class Refresher:
     """Rebuilds the report in a background thread when asked, at most every ``interval_s``
     (and never more often than ``REFRESH_COST_RATIO`` x the last build took, nor before
@@ -394,6 +414,7 @@ class Refresher:
                 self.build()
             except Exception as exc:  # a report must never stop the sweep
                 logger.warning("report refresh failed: %s", exc)
+            release_memory()
             self.last, self.took, self.built_at = time.time(), time.time() - t0, seen
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import copy
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,24 +102,33 @@ class ConfigStats:
 # Collect
 
 
-def _search_children(info: SweepInfo) -> list[Any]:
+#: Child runs read per request. One request for every run made the driver's RSS step up by
+#: ~50 MB at each live report refresh of a 1,000-trial sweep (MLflow's entities and SQLAlchemy's
+#: rows of 1,000 runs at once: a ~160 MB transient whose allocator arenas stay pinned); pages of
+#: 200, each turned into rows before the next is read, bound it (~0.3 s more per 1,000 runs).
+PAGE_RUNS = 200
+
+
+def _search_children(info: SweepInfo) -> Iterator[Any]:
+    """The child runs of the sweep's parent, a page of ``PAGE_RUNS`` at a time, oldest first:
+    runs a live sweep creates meanwhile come after the pages already read, not shifting them."""
     tracker = RunTracker(info.tracking_uri, info.parent_run_id)
     client = tracker.client
     parent = retry_locked(client.get_run, info.parent_run_id)
-    runs: list[Any] = []
     token = None
     while True:
         page = retry_locked(
             client.search_runs,
             [parent.info.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{info.parent_run_id}'",
-            max_results=5000,
+            max_results=PAGE_RUNS,
+            order_by=["attributes.start_time ASC"],
             page_token=token,
         )
-        runs += list(page)
+        yield from page
         token = getattr(page, "token", None)
         if not token:
-            return runs
+            return
 
 
 def _parse(text: str) -> Any:
@@ -178,9 +187,12 @@ def _int(v: Any) -> int | None:
 
 
 def collect_rows(info: SweepInfo) -> list[TrialRow]:
-    """One row per child run of the sweep's parent run, in the order the trials started."""
-    runs = sorted(_search_children(info), key=lambda r: r.info.start_time or 0)
-    return [row_of(info, r) for r in runs]
+    """One row per child run of the sweep's parent run, in the order the trials started (a
+    run becomes its row as it is read: the runs are never all in memory)."""
+    rows: dict[str, tuple[int, TrialRow]] = {}  # by run id: a page boundary may repeat one
+    for r in _search_children(info):
+        rows[r.info.run_id] = (r.info.start_time or 0, row_of(info, r))
+    return [row for _, row in sorted(rows.values(), key=lambda k: k[0])]
 
 
 # --------------------------------------------------------------------------------------------
