@@ -465,3 +465,44 @@ def test_importance_at_scale_uses_fewer_trees_and_ranks_the_true_effects() -> No
     imp = param_importance(trials, {"a": "a", "c": "c", "noise": "noise"}, {}, "max")
     assert list(imp.values) == ["c", "a", "noise"]
     assert imp.values["noise"] < 0.05
+
+
+def test_many_groups_keep_a_short_legend_with_the_best_in_colour(tmp_path: Path) -> None:
+    """Sweeping sigma_min against 40 (tau, pool) combinations: the 7 groups holding the best
+    configurations get a colour and a legend entry, the other 33 are grey under one entry."""
+    import numpy as np
+
+    from ambient_platform.config.naming import short_keys
+    from orchestrator.sweep import figures
+    from orchestrator.sweep.results import Results, TrialRow, aggregate, best_record, rank
+    from orchestrator.sweep.state import SweepInfo
+
+    paths = ["data.corrupt.0.sigma_min", "mixing.tau", "mixing.pool"]
+    info = SweepInfo(
+        "many", "p", "sqlite://", "e", "s.yaml", "", 0.0, metric="success_rate", mode="max",
+        paths=paths, labels=short_keys(paths), seeds=[0, 1],
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    rows = []
+    for tau in np.round(np.linspace(0.1, 0.9, 20), 2):
+        for pool in ["proportional", "soft"]:
+            for sm in [0.0251, 0.0737, 0.1824, 0.4616]:
+                for seed in info.seeds:
+                    value = float(tau) - abs(np.log(sm / 0.07)) * 0.1 + rng.normal(0, 0.01)
+                    params = {paths[0]: sm, paths[1]: float(tau), paths[2]: pool}
+                    rid = f"r{len(rows)}"
+                    m = {"success_rate": value}
+                    rows.append(TrialRow(rid, rid, rid, "FINISHED", "finished", params, seed, 1,
+                                         True, m, 1.0))  # fmt: skip
+    configs = aggregate(info, rows)
+    ranking = rank(info, configs)
+    res = Results(info, rows, configs, ranking, best_record(info, ranking), {})
+    out = figures.metric_vs_param(res, paths[0], tmp_path / "sm.png")
+    assert out.stat().st_size > 0
+    shown, rest = figures._best_groups(figures._groups(res, paths[0]), "max")
+    assert len(shown) == figures.MAX_GROUPS - 1 and len(rest) == 40 - len(shown)
+    taus = sorted({float(k.split("tau=")[1].split(",")[0]) for k in shown})
+    assert taus == [0.77, 0.82, 0.86, 0.9]  # 2 pools each, the best 7 of those 8
+    shown_min, _ = figures._best_groups(figures._groups(res, paths[0]), "min")
+    taus = sorted({float(k.split("tau=")[1].split(",")[0]) for k in shown_min})
+    assert taus == [0.1, 0.14, 0.18, 0.23]

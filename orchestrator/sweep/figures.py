@@ -18,6 +18,10 @@ from orchestrator.sweep.stats import Importance, Interval, pareto_front
 
 DPI = 160
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+#: Groups of the other parameters drawn in colour, with a legend entry each; beyond, the best
+#: ``MAX_GROUPS - 1`` keep their colour and the rest are grey.
+MAX_GROUPS = len(COLORS)
+GREY = "#b0b0b0"
 #: Lower is better for these task metrics (everything else: higher).
 LOWER_IS_BETTER = ("collision_rate", "velocity_violation_rate", "train_loss", *SMOOTHNESS)
 
@@ -116,10 +120,51 @@ def _dodged(x: float, off: float, axis: Axis) -> float:
     return x + off
 
 
+def _best_groups(
+    groups: dict[str, list[ConfigStats]], mode: str
+) -> tuple[dict[str, list[ConfigStats]], list[list[ConfigStats]]]:
+    """The ``MAX_GROUPS - 1`` groups with the best configuration (all of them when they fit
+    ``MAX_GROUPS``) and the rest, which are drawn in grey under one legend entry: a legend of
+    hundreds of colours says nothing."""
+    if len(groups) <= MAX_GROUPS:
+        return groups, []
+    sign = -1.0 if mode == "min" else 1.0
+
+    def best(configs: list[ConfigStats]) -> float:
+        means = [sign * c.interval.mean for c in configs if c.interval.mean is not None]
+        return max(means, default=-math.inf)
+
+    ranked = sorted(groups, key=lambda k: best(groups[k]), reverse=True)
+    keep = ranked[: MAX_GROUPS - 1]
+    return {k: groups[k] for k in keep}, [groups[k] for k in ranked[MAX_GROUPS - 1 :]]
+
+
+def _grey_groups(ax: Any, rest: list[list[ConfigStats]], path: str, axis: Axis) -> None:
+    """The groups outside the legend: their means as grey dots, joined per group on a numeric
+    axis (one artist each for all of them, so hundreds of groups cost milliseconds)."""
+    from matplotlib.collections import LineCollection
+
+    lines, dots = [], []
+    for configs in rest:
+        means = sorted(
+            (axis.x(c.params[path]), c.interval.mean)
+            for c in configs
+            if c.interval.mean is not None and path in c.params
+        )
+        dots += means
+        if axis.numeric and len(means) > 1:
+            lines.append(means)
+    if lines:
+        ax.add_collection(LineCollection(lines, colors=GREY, linewidths=0.6, zorder=0))
+    if dots:
+        ax.scatter(*zip(*dots, strict=True), s=10, color=GREY, zorder=0)
+    ax.plot([], [], "o", color=GREY, label=f"{len(rest)} more groups")
+
+
 def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     info = results.info
     axis = param_axis(results, path)
-    groups = _groups(results, path)
+    groups, rest = _best_groups(_groups(results, path), info.mode)
     xs_all = [axis.x(c.params[path]) for c in results.configs if path in c.params]
     span = _dodge_span(axis, xs_all, len(groups))
     offs = _offsets(len(groups), axis, span)
@@ -140,6 +185,8 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
         if axis.numeric and len(means) > 1:
             ax.plot(*zip(*means, strict=True), color=color, lw=1, alpha=0.7, zorder=1)
         ax.plot([], [], "o", color=color, label=label)
+    if rest:
+        _grey_groups(ax, rest, path, axis)
     _style_param_axis(ax, axis, info.labels.get(path, path), path, xs_all, span)
     better = "lower is better" if info.mode == "min" else "higher is better"
     ax.set_ylabel(f"{info.metric} ({better})")
@@ -152,7 +199,7 @@ def metric_vs_param(results: Results, path: str, out: Path) -> Path:
     ax.set_title(f"{info.metric} vs {info.labels.get(path, path)}\n{n_text}", fontsize=9)
     if len(groups) > 1:
         ax.legend(
-            title="other parameters",
+            title="other parameters" + (" (best groups)" if rest else ""),
             fontsize=8,
             title_fontsize=8,
             loc="upper left",
