@@ -26,9 +26,11 @@ of 5 refreshes keeps 188 MB live while RSS climbs). Without live refreshes 0.09 
 Tune's per-trial state (~57 KB of live Python objects a trial, 33 KB of it Tune's
 metric_analysis/metric_n_steps of every numeric result key) plus allocator slack; the driver's
 Ray object refs stay at 6-7. Reading in pages of 200 and malloc_trim after each refresh: 0.12
-MB a trial, ~790 MB instead of 924 at the end. Before this round (load 12-24): 0.237 s a
-trial, most of it Tune's experiment snapshot forced on every trial checkpoint by
-``CheckpointConfig(num_to_keep=...)`` (see jobs/trial_checkpoints.py).
+MB a trial, ~790 MB instead of 924 at the end; an ended trial also dropping Tune's
+statistics (callbacks.forget_tune_statistics): 0.08 MB a trial, 760 MB at the end (load 1-2).
+Before the previous round (load 12-24): 0.237 s a trial, most of it Tune's experiment
+snapshot forced on every trial checkpoint by ``CheckpointConfig(num_to_keep=...)`` (see
+jobs/trial_checkpoints.py).
 Prints JSON. Usage: .venv/bin/python benchmarks/sweep_bookkeeping.py [--trials 20]
 (``--trials 1000`` for the issue's figure) [--concurrency 2] [--work DIR] [--sample-every N]
 [--no-refresh] [--malloc-trim]

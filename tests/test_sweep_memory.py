@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,3 +70,19 @@ def test_child_runs_are_read_a_page_at_a_time_once_each_in_start_order(
     rows = results.collect_rows(info)
     assert [r.run_id for r in rows] == [run for _, run in sorted(made)]
     assert [r.params for r in rows] == [{"train.lr": i} for i in range(7)]
+
+
+def test_an_ended_trial_forgets_tunes_statistics_but_keeps_its_last_result() -> None:
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    meta = _TrainingRunMetadata()
+    meta.last_result = {"success_rate": 0.5, "final": 1}
+    for step, value in enumerate([0.1, 0.3, 0.5], start=1):
+        meta.update_metric("success_rate", value, step)
+    trial = SimpleNamespace(run_metadata=meta)
+    before = len(meta.get_json_state())
+    callbacks.forget_tune_statistics(trial)
+    assert meta.metric_analysis == {} and meta.metric_n_steps == {}
+    assert meta.last_result == {"success_rate": 0.5, "final": 1}
+    assert len(meta.get_json_state()) < before  # Tune's snapshot of the trial shrinks too
+    callbacks.forget_tune_statistics(SimpleNamespace())  # not a Tune trial: nothing to do

@@ -122,6 +122,17 @@ def outcome_of(status: str, last: dict[str, Any]) -> str:
     return status.lower()
 
 
+def forget_tune_statistics(trial: Any) -> None:
+    """Drop Tune's running statistics of an ended trial (min, max, mean, last-5 and last-10
+    means of every numeric key it reported: ~33 KB a trial, kept for the whole sweep). Only
+    Tune's analysis API reads them, which sweeps never use: reports are built from MLflow, and
+    the trial's last result stays."""
+    meta = getattr(trial, "run_metadata", None)
+    if meta is not None and hasattr(meta, "metric_analysis"):
+        meta.metric_analysis = {}
+        meta.metric_n_steps = {}
+
+
 #: The live views of the sweeps this process drives, by sweep name (see ``SweepMonitor``).
 _LIVE: dict[str, LiveView] = {}
 
@@ -163,6 +174,7 @@ class SweepMonitor(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.view is not None:
             self.view.ended(trial, "TERMINATED")
+        forget_tune_statistics(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.view is not None:
