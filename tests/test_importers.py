@@ -416,10 +416,11 @@ def _frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.stack(rgb, axis=-1).astype(np.uint8)
 
 
-def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    """Same pictures through a lossy codec: same shape, small mean absolute difference."""
+def _assert_close(got: np.ndarray, want: np.ndarray, tol: float = 4.0) -> None:
+    """Same pictures through a lossy codec: same shape, small mean absolute difference (a wrong
+    frame or channel order is off by tens)."""
     assert got.shape == want.shape and got.dtype == np.uint8
-    assert np.abs(got.astype(int) - want.astype(int)).mean() < 4.0
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < tol
 
 
 def make_zarr_cameras(
@@ -551,7 +552,10 @@ def test_lerobot_v2_cameras_are_kept(tmp_path: Path) -> None:
     ds = LeRobotDataset(StorageRoot(out))
     assert ds.fps == 15
     for i, e in enumerate(sorted(truth)):
-        _assert_close(ds.decode_episode("observation.image", i), cams[e]["observation.image"])
+        # Encoded twice (the v2 source's MP4, then ours): 3.0-3.95 alone, 4.0007 once in a
+        # full-suite run, so the single-encode bound of 4 is too tight here.
+        got = ds.decode_episode("observation.image", i)
+        _assert_close(got, cams[e]["observation.image"], tol=6.0)
         np.testing.assert_array_equal(
             ds.decode_episode("observation.images.wrist", i), cams[e]["observation.images.wrist"]
         )
