@@ -274,8 +274,10 @@ def main() -> None:
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     mem1, py1 = _mem(), _pymalloc()
     trim = None
-    if a.malloc_trim and _libc() is not None:
-        _libc().malloc_trim(0)
+    if a.malloc_trim:
+        from orchestrator.sweep.callbacks import release_memory  # what each refresh does
+
+        release_memory()
         trim = _mem()
     out = {
         "trials": a.trials,
