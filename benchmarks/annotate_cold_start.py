@@ -7,7 +7,7 @@ first annotation of a Ray session), interleaved over ``--repeat`` rounds:
   it waited for a worker process, ``import torch``, our scoring modules, and loading the
   classifier (``CurveAnnotator``: object-store fetch + ``torch.load``), then scores one shard;
 - ``annotate``: ``jobs.annotate.annotate`` as the CLI runs it (``--track``: with MLflow on
-  SQLite), with the summary's ``first_block_s`` (worker start, imports, classifier load, one
+  SQLite), with the summary's ``first_shard_s`` (worker start, imports, classifier load, one
   shard: ``--shard-episodes`` small makes it mostly start-up), ``ready_s`` / ``warm_wait_s`` and
   its wall time; ``--delay`` seconds between ``ray.init`` and the run (a driver that did other
   work first, e.g. a watch loop or the benchmark's loop run) lets prestarted workers come up;
@@ -118,7 +118,7 @@ def child_annotate(data: str, clf: str, out: str, track: str, delay: float) -> d
     res = annotate(cfg, track=bool(track), tracking_uri=track or None)
     return {
         "ray_init_s": init_s,
-        "first_block_s": res["first_block_s"],
+        "first_shard_s": res["first_shard_s"],
         "ready_s": res.get("ready_s", -1.0),
         "warm_wait_s": res.get("warm_wait_s", -1.0),
         "annotate_wall_s": time.time() - t,

@@ -79,7 +79,7 @@ def _annotate(data: str, clf: str, out: str, actors: int, address: str) -> dict[
         "rows": res["rows_annotated"],
         "rows_per_s": round(res["rows_per_s"], 1),
         "wall_s": round(res["wall_s"], 2),
-        "first_block_s": round(res["first_block_s"], 2),
+        "first_shard_s": round(res["first_shard_s"], 2),
         "load_avg_1m": [load, _load()],
     }
 

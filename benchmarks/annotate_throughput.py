@@ -3,7 +3,7 @@
 Both do identical work on the same data: the same classifier checkpoint, grid, draws and scoring
 batch size, whole shards re-chunked per episode, one output shard per input shard. Two dataset
 sizes 10x apart; rows/s and peak RSS (summed over the driver and every Ray worker process,
-sampled every 0.2 s). ``first_block_s`` is the pipeline's time to its first scored shard
+sampled every 0.2 s). ``first_shard_s`` is the pipeline's time to its first scored shard
 (worker start, torch import and classifier load when cold, one shard); ``warm_wait_s`` the part
 of the workers' warm-up the pipeline waited for (not hidden behind the driver's own work). The
 pipeline's tasks keep torch and the classifier per Ray worker process, so each size's first
@@ -100,7 +100,7 @@ def pipeline(data: str, clf: str, out: str, actors: int) -> dict[str, float]:
     return {
         "rows": res["rows_annotated"],
         "rows_per_s": round(res["rows_per_s"], 1),
-        "first_block_s": round(res["first_block_s"], 2),
+        "first_shard_s": round(res["first_shard_s"], 2),
         "warm_wait_s": round(res["warm_wait_s"], 2),
         "peak_rss_mb": mem.peak >> 20,
     }

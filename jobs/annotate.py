@@ -1,8 +1,8 @@
-"""Annotate datasets with classifier score curves on Ray Data (``ambient annotate``).
+"""Annotate datasets with classifier score curves on Ray tasks (``ambient annotate``).
 
 A run, under the annotation root's lease (the same one ``ambient watch`` takes): plan (the
 shards each dataset's meta.json names, diffed against the latest manifest and the done markers
-of a crashed run, ``jobs.annotation_plan``), check footers, score the rest with Ray Data tasks
+of a crashed run, ``jobs.annotation_plan``), check footers, score the rest with Ray tasks
 (``jobs.score_shards``; their workers warm up while MLflow starts) writing one output shard per
 input shard plus a done marker, commit manifest ``manifests/v<N+1>.json`` last and create-only
 (``ambient_platform.manifest``), and log an MLflow annotation run.
@@ -183,7 +183,7 @@ class _AnnotateRun:
             "rows_annotated": self.rows,
             "rows_per_s": self.rows / wall if wall > 0 else 0.0,
             "wall_s": wall,
-            "first_block_s": timing["first_block_s"],
+            "first_shard_s": timing["first_shard_s"],
             "warm_wait_s": timing["warm_wait_s"],
             "ready_s": timing["ready_s"],
         }

@@ -6,7 +6,7 @@ LeRobot, pandas) nor MLflow, which took seconds of every actor's start on a load
 machine. Everything a worker is given is plain data for the same reason: a ``ScoreSpec`` (the
 curve settings as numbers), the checkpoints' bytes (read once by the driver, shared through the
 object store, so a worker never touches the classifier's storage) and a pyarrow filesystem.
-``score_block`` is the Ray Data task; ``CurveAnnotator`` the per-process scorer it keeps.
+``score_shard`` is the Ray task; ``CurveAnnotator`` the per-process scorer it keeps.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class CurveAnnotator:
                 continue
             try:
                 tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
-            except Exception as exc:  # a bad shard must be reported, not kill the pipeline
+            except Exception as exc:  # a bad shard must be reported, not kill the run
                 tables.append(_error_row(path, f"{type(exc).__name__}: {exc}", self.s))
         return pa.concat_tables(tables) if tables else _error_row("", None, self.s).slice(0, 0)
 
@@ -180,8 +180,8 @@ def _error_row(path: str, msg: str | None, spec: ScoreSpec) -> pa.Table:
 _WARM: dict[str, CurveAnnotator] = {}
 
 
-def score_block(
-    items: pa.Table,
+def score_shard(
+    path: str,
     *,
     key: str,
     spec: ScoreSpec,
@@ -190,7 +190,8 @@ def score_block(
     threads: int = 1,
     device: str = "cpu",
 ) -> pa.Table:
-    """Ray Data task: score the shards named in ``items`` with this process's annotator.
+    """Ray task: the scored rows of the shard at ``path`` (an arrow path in ``filesystem``),
+    or one error row, with this process's annotator.
 
     Ray reuses worker processes between tasks, so torch is imported and the classifier loaded
     once per process (``key`` names the checkpoints and settings), not once per run: a second
@@ -198,7 +199,7 @@ def score_block(
     """
     ann = _annotator(key, spec, checkpoints, threads, device)
     ann.fs = filesystem
-    return ann(items)
+    return ann(pa.table({"path": [path]}))
 
 
 def warm_up(
@@ -209,10 +210,10 @@ def warm_up(
     threads: int = 1,
     device: str = "cpu",
 ) -> int:
-    """Ray task submitted when an annotation starts, before its pipeline: imports torch and
-    loads the classifier into this worker process (as ``score_block`` would) while the driver
-    is still planning, starting MLflow and building the pipeline, so that work overlaps instead
-    of adding up. Returns this worker's pid."""
+    """Ray task submitted when an annotation starts, before its scoring tasks: imports torch
+    and loads the classifier into this worker process (as ``score_shard`` would) while the
+    driver is still starting MLflow, so that work overlaps instead of adding up. Returns this
+    worker's pid."""
     _annotator(key, spec, checkpoints, threads, device)
     return os.getpid()
 

@@ -3,7 +3,7 @@
 A pass, under a lease in the annotation root so two watchers never annotate the same shards:
 list every ``data/*.parquet`` of each source (local directory or s3:// prefix), diff against the
 latest committed manifest by (dataset, key) + size + ETag/mtime, annotate only new or changed
-shards with the configured classifier (the same Ray Data pipeline as ``ambient annotate``),
+shards with the configured classifier (the same Ray tasks as ``ambient annotate``),
 commit manifest v+1 create-only with lineage (previous manifest; new, changed, removed and
 quarantined shards), log an MLflow annotation run, and optionally run a follow-up sweep pinned
 to the new version.

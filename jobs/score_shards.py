@@ -1,16 +1,21 @@
-"""Score whole shards with the classifier on Ray Data (the engine of annotate and watch).
+"""Score whole shards with the classifier on Ray tasks (the engine of annotate and watch).
 
-A Ray Dataset with one block per shard -> ``map_batches`` of ``jobs.curve_annotator.score_block``
-on at most ``resources.actors`` concurrent tasks (each reads its shard with pyarrow, re-chunks it
-per episode exactly as training chunks it and scores it) -> the driver receives each shard's rows
-as they stream in and hands a complete shard to ``on_shard``. Streaming keeps memory flat in the
-dataset size: a worker holds one shard at a time. (``read_parquet`` packs many small files into
-one block, so results arrived in bursts and a crash lost whole bursts; one block per shard keeps
-commits per shard.)
+One Ray task per shard (``jobs.curve_annotator.score_shard``: read the shard with pyarrow,
+re-chunk it per episode exactly as training chunks it, score it), at most ``resources.actors``
+of them at a time, anywhere in the cluster; the driver takes each shard's rows as its task ends
+and hands them to ``on_shard``, so commits (and crash recovery) are per shard and memory is flat
+in the dataset size: a worker holds one shard at a time and at most ``resources.actors``
+results wait for the driver.
+
+Why plain tasks, not Ray Data: the pipeline was one block per shard through ``map_batches`` on
+a task pool, so Ray Data added nothing a task per shard lacks, and it cost its import in every
+worker and the driver (2.9 s each on a loaded 2-core machine) and its streaming executor's CPU
+in the driver. Measured on 2 cores at 35k rows against a single-process torch loop: a fresh Ray
+session reached 0.79x with Ray Data, 0.86-1.03x with tasks (benchmarks/annotate_throughput.py).
 
 Why tasks, not an actor pool: a fresh actor pays process start, torch import and classifier load
 on every run (4-6 s of every run on a loaded 2-core machine, longer than scoring a small
-dataset). Ray reuses worker processes between tasks, and ``score_block`` keeps its annotator per
+dataset). Ray reuses worker processes between tasks, and ``score_shard`` keeps its annotator per
 process (keyed by the checkpoints' bytes and the settings), so torch is imported and the
 classifier loaded once per worker process per Ray session: the first run pays it, every later
 run or watch pass starts scoring at once. The checkpoints are read once by the driver and shared
@@ -18,8 +23,8 @@ through the object store, so workers never touch the classifier's storage.
 
 The first run of a session pays the worker's cold start (process, ``import torch``, classifier)
 once, but not on top of the driver's own set-up: ``start_scoring`` warms ``resources.actors``
-workers with one ``warm_up`` task each as soon as the shards to score are known, and the
-pipeline, built meanwhile, waits for them before its first task.
+workers with one ``warm_up`` task each as soon as the shards to score are known, and
+``execute`` waits for them before its first scoring task, which then runs on a warmed worker.
 """
 
 from __future__ import annotations
@@ -27,20 +32,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from ambient_core.errors import DataError
 from ambient_platform.config.annotation import AnnotationConfig, AnnotationResources
 from ambient_platform.manifest import CurveSettings, curve_column
 from jobs.annotation_plan import ShardInput, annotation_columns, epoch_dir
-from jobs.curve_annotator import Checkpoint, ScoreSpec, score_block, warm_up
+from jobs.curve_annotator import Checkpoint, ScoreSpec, score_shard, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ logger = logging.getLogger(__name__)
 ShardHandler = Callable[[ShardInput, pa.Table | None, str | None], None]
 #: Chunks per forward pass on a GPU (a CPU keeps ``CurveSettings.score_batch``).
 GPU_SCORE_BATCH = 1024
-#: How long the pipeline waits for its workers' warm-up before it starts anyway.
+#: How long scoring waits for its workers' warm-up before it starts anyway.
 WARM_TIMEOUT_S = 300.0
 
 
@@ -89,11 +94,11 @@ def _warm_key(
 
 @dataclass
 class Scoring:
-    """The scoring side of one run, started before the driver's own set-up work (MLflow, the
-    pipeline): Ray joined, the checkpoints in the object store, workers warming up."""
+    """The scoring side of one run, started before the driver's own set-up work (MLflow):
+    Ray joined, the checkpoints in the object store, workers warming up."""
 
     ray: Any
-    kwargs: dict[str, Any]  # score_block's arguments
+    kwargs: dict[str, Any]  # score_shard's arguments, but the path
     resources: AnnotationResources
     warming: list[Any]  # object refs of the warm_up tasks
     started: float  # time.perf_counter() when start_scoring was called
@@ -108,9 +113,9 @@ def start_scoring(
     """Join (or start) Ray, share the checkpoints and warm ``resources.actors`` workers up.
 
     Each ``warm_up`` task imports torch and loads the classifier into a worker process, as the
-    pipeline's first task there would. They run while the driver does its own set-up; the
-    pipeline waits for them before its first task, so its tasks run on the warmed workers (6 of
-    6 tasks did, measured) instead of starting more cold ones on a busy machine.
+    first scoring task there would. They run while the driver does its own set-up; the
+    scoring waits for them before its first task, so its tasks run on the warmed workers
+    instead of starting more cold ones on a busy machine.
     """
     from ambient_platform.ray_runtime import ensure_ray
 
@@ -137,35 +142,36 @@ def start_scoring(
     return Scoring(ray, kwargs, res, warming, started)
 
 
-def _dataset(shards: Sequence[ShardInput], scoring: Scoring) -> tuple[Any, dict[str, ShardInput]]:
-    """The Ray Dataset of scored rows, one block per shard, and the shards by arrow path."""
-    ray = scoring.ray
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = logger.isEnabledFor(logging.DEBUG)
-    # Small shards would otherwise be bundled into one task whose results all arrive at the
-    # end; one shard per bundle keeps commits (and crash recovery) per shard.
-    ctx.target_min_block_size = 1
+def _arrow_paths(shards: Sequence[ShardInput]) -> dict[str, ShardInput]:
+    """The shards by their path in their root's arrow filesystem (what a task reads)."""
     by_path = {}
     for inp in shards:
-        fs, base = inp.root.arrow_filesystem()
+        _, base = inp.root.arrow_filesystem()
         by_path[f"{base.rstrip('/')}/{inp.key}"] = inp
-    res = scoring.resources
-    ds = ray.data.from_items([{"path": p} for p in by_path], override_num_blocks=len(by_path))
-    ds = ds.map_batches(
-        score_block,
-        fn_kwargs=scoring.kwargs,
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=res.actors),
-        num_cpus=res.cpus_per_actor,
-        num_gpus=res.gpus_per_actor,
-    )
-    return ds, by_path
+    return by_path
+
+
+def _scored(
+    paths: Sequence[str], scoring: Scoring, fn: Callable[..., pa.Table] = score_shard
+) -> Iterator[tuple[str, pa.Table]]:
+    """(path, ``fn(path, **scoring.kwargs)``) of each shard as its task ends, with at most
+    ``resources.actors`` tasks submitted at a time: that is the run's parallelism on any
+    cluster, and no more results than that wait in the object store for the driver."""
+    ray, res = scoring.ray, scoring.resources
+    task = ray.remote(fn).options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
+    todo = deque(paths)
+    running: dict[Any, str] = {}  # object ref -> path
+    while todo or running:
+        while todo and len(running) < max(res.actors, 1):
+            path = todo.popleft()
+            running[task.remote(path, **scoring.kwargs)] = path
+        done, _ = ray.wait(list(running), num_returns=1)
+        path = running.pop(done[0])
+        yield path, ray.get(done[0])
 
 
 def _wait_warm(scoring: Scoring) -> float:
-    """Wait (bounded) for the warm-up tasks; their errors surface again in the pipeline's
+    """Wait (bounded) for the warm-up tasks; their errors surface again in the scoring
     tasks, where they are reported as before. Returns the seconds waited."""
     t0 = time.perf_counter()
     if scoring.warming:
@@ -186,46 +192,42 @@ def execute(
     ray_address: str | None = None,
     scoring: Scoring | None = None,
 ) -> dict[str, float]:
-    """Score ``shards`` with Ray Data tasks; ``on_shard(input, table, error)`` is called
-    in the driver once per shard, as soon as all of its rows (or its error) have arrived.
+    """Score ``shards`` with Ray tasks; ``on_shard(input, table, error)`` is called in the
+    driver once per shard, as soon as its task has ended.
 
     ``scoring`` is ``start_scoring``'s, called earlier so that the workers warm up while the
     caller does other work (started here if None). Returns, counted from ``start_scoring``, the
-    seconds to the first scored block (``first_block_s``: Ray, worker start, classifier load
-    and one shard) and in all (``wall_s``), until the pipeline started (``ready_s``: Ray
-    joined, pipeline built, warm-up done) and how long it waited for the warm-up
-    (``warm_wait_s``: worker start and classifier load not hidden behind the driver's work)."""
-    timing = {"first_block_s": 0.0, "wall_s": 0.0, "warm_wait_s": 0.0, "ready_s": 0.0}
+    seconds to the first scored shard (``first_shard_s``: Ray, worker start, classifier load
+    and one shard) and in all (``wall_s``), until scoring started (``ready_s``: Ray joined,
+    warm-up done) and how long it waited for the warm-up (``warm_wait_s``: worker start and
+    classifier load not hidden behind the driver's work)."""
+    timing = {"first_shard_s": 0.0, "wall_s": 0.0, "warm_wait_s": 0.0, "ready_s": 0.0}
     if not shards:
         return timing
     if scoring is None:
         scoring = start_scoring(shards, cfg, settings, ray_address)
     t0 = scoring.started
-    ds, by_path = _dataset(shards, scoring)
+    by_path = _arrow_paths(shards)
     timing["warm_wait_s"] = _wait_warm(scoring)
     timing["ready_s"] = time.perf_counter() - t0
-    parts: dict[str, list[pa.Table]] = {}
-    got: dict[str, int] = {}
     quiet = not logger.isEnabledFor(logging.INFO)
     with tqdm(total=len(shards), desc="annotate", unit="shard", disable=quiet or None) as bar:
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            timing["first_block_s"] = timing["first_block_s"] or time.perf_counter() - t0
-            for p in block.column("path").unique().to_pylist():
-                sub = block.filter(pc.equal(block.column("path"), p))
-                inp = by_path[p]
-                err = [e for e in sub.column("error").to_pylist() if e]
-                if err:
-                    parts.pop(p, None)
-                    on_shard(inp, None, err[0])
-                    bar.update()
-                    continue
-                parts.setdefault(p, []).append(sub)
-                got[p] = got.get(p, 0) + sub.num_rows
-                if got[p] == inp.rows:
-                    on_shard(inp, pa.concat_tables(parts.pop(p)), None)
-                    bar.update()
-    if parts:
-        raise RuntimeError(f"annotation produced partial shards {[by_path[p].key for p in parts]}")
+        for path, table in _scored(list(by_path), scoring):
+            timing["first_shard_s"] = timing["first_shard_s"] or time.perf_counter() - t0
+            _hand_over(by_path[path], table, on_shard)
+            bar.update()
     timing["wall_s"] = time.perf_counter() - t0
     logger.debug("scoring timing: %s", {k: round(v, 2) for k, v in timing.items()})
     return timing
+
+
+def _hand_over(inp: ShardInput, table: pa.Table, on_shard: ShardHandler) -> None:
+    """Give ``on_shard`` the shard's scored rows, or its error; a table with neither every row
+    of the shard nor an error is a bug in the scorer, never committed."""
+    errors = [e for e in table.column("error").to_pylist() if e]
+    if errors:
+        on_shard(inp, None, errors[0])
+    elif table.num_rows == inp.rows:
+        on_shard(inp, table, None)
+    else:
+        raise RuntimeError(f"scoring {inp.key} gave {table.num_rows} rows of {inp.rows}")

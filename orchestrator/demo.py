@@ -363,12 +363,13 @@ def answer_text(
 ) -> str:
     rows = method_table(summary)
     lines = [f"Bin sorting, data seed {paths.seed}: block success / logic / motion per method"]
-    lines.append(f"  {'method':<52} {'seeds':<7} {'success':<15} {'logic':<15} motion")
+    width = max([len("method"), *(len(r["method"]) for r in rows)])
+    lines.append(f"  {'method':<{width}} {'seeds':<7} {'success':<15} {'logic':<15} motion")
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"])
         lines.append(
-            f"  {r['method']:<52} {seeds:<7} {_fmt(r['success']):<15} {_fmt(r['logic']):<15} "
-            f"{_fmt(r['motion'])}"
+            f"  {r['method']:<{width}} {seeds:<7} {_fmt(r['success']):<15} "
+            f"{_fmt(r['logic']):<15} {_fmt(r['motion'])}"
         )
     lines += ["", verdict(rows), ""]
     if summary.get("headline"):

@@ -22,14 +22,25 @@ from mlflow import MlflowClient
 from ambient_core.data import DataError
 from ambient_core.envs import maze
 from ambient_platform.config import load_run_config
-from ambient_platform.config.annotation import AnnotateConfig, ClassifierTrainConfig
+from ambient_platform.config.annotation import (
+    AnnotateConfig,
+    AnnotationResources,
+    ClassifierTrainConfig,
+)
 from ambient_platform.datasets import write_dataset
 from ambient_platform.manifest import CurveSettings, Manifest, latest_manifest
 from ambient_platform.storage import StorageRoot
 from jobs import curve_annotator
 from jobs.annotate import annotate
 from jobs.annotation_plan import annotation_root, curve_settings, plan_annotation
-from jobs.score_shards import GPU_SCORE_BATCH, read_checkpoints, score_spec, start_scoring
+from jobs.score_shards import (
+    GPU_SCORE_BATCH,
+    Scoring,
+    _scored,
+    read_checkpoints,
+    score_spec,
+    start_scoring,
+)
 from jobs.train import prepare, run_training
 from jobs.train_classifier import run_classifier_training
 
@@ -97,7 +108,7 @@ def test_annotate_commits_manifest_and_reruns_are_incremental(
     assert run.data.metrics["rows_annotated"] == meta_rows and run.data.metrics["rows_per_s"] > 0
     assert run.inputs is not None
     assert len(run.inputs.dataset_inputs) == 3  # manifest + 2 datasets
-    assert 0.0 <= res["warm_wait_s"] <= res["first_block_s"] <= res["wall_s"]
+    assert 0.0 <= res["warm_wait_s"] <= res["first_shard_s"] <= res["wall_s"]
     again = annotate(cfg, track=False)
     assert again["version"] == 2 and again["shards_annotated"] == 0
     assert again["shards_already_annotated"] == 5 and again["shards_resumed"] == 0
@@ -274,8 +285,7 @@ def test_warm_up_loads_the_classifier_once_per_process(maze_data: dict[str, str]
     try:
         assert curve_annotator.warm_up(key="a", spec=spec, checkpoints=ckpt) == os.getpid()
         warm = curve_annotator._WARM["a"]
-        items = pa.table({"path": [str(shard)]})
-        out = curve_annotator.score_block(items, key="a", spec=spec, checkpoints=ckpt)
+        out = curve_annotator.score_shard(str(shard), key="a", spec=spec, checkpoints=ckpt)
         assert list(curve_annotator._WARM.items()) == [("a", warm)]
         assert out.num_rows == pq.read_metadata(shard).num_rows
         assert out["error"].null_count == out.num_rows
@@ -283,6 +293,29 @@ def test_warm_up_loads_the_classifier_once_per_process(maze_data: dict[str, str]
         assert list(curve_annotator._WARM) == ["b"]
     finally:
         curve_annotator._WARM.clear()
+
+
+def test_scoring_runs_at_most_resources_actors_tasks_at_once(
+    ray_session: object, tmp_path: Path
+) -> None:
+    """One task per shard, each shard once, and never more than ``resources.actors`` tasks at
+    once, although the session's 2 CPUs would fit four of 0.5 CPU."""
+    spans = tmp_path / "spans"
+    spans.mkdir()
+
+    def fake_score(path: str, *, out: str) -> pa.Table:
+        start = time.time()
+        time.sleep(0.3)
+        Path(out, Path(path).name).write_text(f"{start} {time.time()}")
+        return pa.table({"path": [path]})
+
+    res = AnnotationResources(actors=1, cpus_per_actor=0.5)
+    scoring = Scoring(ray_session, {"out": str(spans)}, res, [], time.perf_counter())
+    paths = [f"/nowhere/shard-{i}" for i in range(4)]
+    got = [(p, t.column("path").to_pylist()) for p, t in _scored(paths, scoring, fake_score)]
+    assert sorted(got) == [(p, [p]) for p in paths]
+    times = sorted(tuple(map(float, f.read_text().split())) for f in spans.iterdir())
+    assert all(a[1] <= b[0] for a, b in zip(times, times[1:], strict=False))
 
 
 def test_score_batches_are_sized_by_device() -> None:
@@ -294,7 +327,7 @@ def test_score_batches_are_sized_by_device() -> None:
 def test_start_scoring_warms_one_worker_per_task_slot(
     maze_data: dict[str, str], ray_session: object, tmp_path: Path
 ) -> None:
-    """Workers import torch and load the classifier before the pipeline's first block, one per
+    """Workers import torch and load the classifier before the first scoring task, one per
     concurrent task (no more than there are shards), in Ray workers, not in the driver."""
     cfg = _cfg(
         [f"{maze_data['dir']}/corrupt"],

@@ -9,6 +9,8 @@ from ambient_platform.config.sweep import load_sweep
 from orchestrator.demo import (
     SPEC,
     DemoPaths,
+    Stage,
+    answer_text,
     method_name,
     method_table,
     spec_overrides,
@@ -82,6 +84,14 @@ def test_verdict_compares_the_worst_ambient_seed_with_the_best_cotraining_seed()
     close = {"trials": [_trial(COT, 0, 0.50, 0.9), _trial(AMB, 0, 0.45, 0.9)]}
     assert verdict(method_table(close)).endswith("not separated")
     assert verdict(method_table({"trials": []})).startswith("no verdict")
+
+
+def test_answer_table_columns_line_up_under_a_long_method_name() -> None:
+    summary = {"trials": [_trial(COT, 0, 0.10, 0.25), _trial(AMB, 0, 0.55, 0.95)]}
+    text = answer_text(summary, [Stage("sweep", 10.0, 12.0)], DemoPaths.for_seed(0), "sqlite://")
+    header, *rows = text.splitlines()[1:4]
+    assert len(rows[0].split("  ")[1]) > 52  # the ambient name is longer than the old column
+    assert {r.index(" 0 ") for r in rows} == {header.index(" seeds")}
 
 
 def test_swept_dataset_entries_must_have_distinct_names(tmp_path: Path) -> None:

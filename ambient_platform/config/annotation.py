@@ -22,7 +22,8 @@ DEFAULT_GRID: tuple[int, ...] = (*range(0, DEFAULT_NUM_STEPS, 3), DEFAULT_NUM_ST
 
 class AnnotationResources(StrictModel):
     """The scoring tasks: ``actors`` run at once (each on a reused worker that keeps its
-    classifier), with fractional CPUs so Ray's read tasks are never starved."""
+    classifier), each reserving ``cpus_per_actor`` CPUs (its torch threads: the whole part,
+    at least 1) and ``gpus_per_actor`` GPUs."""
 
     actors: int = Field(1, ge=1)
     cpus_per_actor: PositiveFloat = 0.5
