@@ -1,4 +1,4 @@
-"""Where the cold first block of an annotation goes. Prints JSON.
+"""Where the cold first shard of an annotation goes. Prints JSON.
 
 Each measurement runs in a fresh Python process with a fresh local Ray node (a "cold" run: the
 first annotation of a Ray session), interleaved over ``--repeat`` rounds:

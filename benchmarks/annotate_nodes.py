@@ -3,7 +3,7 @@ node with 1 CPU vs TWO nodes with 1 CPU each. Prints JSON.
 
 Same data and settings as ``benchmarks/annotate_throughput.py`` at its large size (maze, 1000
 corrupt episodes, about 35k rows in 20 shards of 50 episodes, grid of 11 levels, 4 draws, one
-classifier epoch). Each scoring task asks for 1 CPU (one torch thread) and the pipeline runs as
+classifier epoch). Each scoring task asks for 1 CPU (one torch thread) and the run keeps as
 many tasks as the cluster has nodes, so a 1-CPU node holds exactly one task: two nodes doing
 twice the work of one is "linear in actors across nodes" (issue 14; goal ratio ~2 on an idle
 2-core machine, where each node gets a core). Every cluster is ``ambient_platform.local_cluster``
@@ -100,7 +100,7 @@ def _scoring_tasks(cluster: Any) -> dict[str, tuple[str, float]]:
         return {}
     out = {}
     for t in rows:
-        if "score_block" in str(t.get("name")) and t.get("start_time_ms") and t.get("end_time_ms"):
+        if "score_shard" in str(t.get("name")) and t.get("start_time_ms") and t.get("end_time_ms"):
             node = names.get(t.get("node_id"), str(t.get("node_id"))[:8])
             out[str(t["task_id"])] = (node, (t["end_time_ms"] - t["start_time_ms"]) / 1000)
     return out

@@ -13,7 +13,7 @@ NUM_DRAWS = 4
 
 
 def annotate_config(data: str, clf: str, out: str, actors: int, cpus_per_actor: float) -> Any:
-    """The ``AnnotateConfig`` of one timed pipeline run (classifier epoch 1)."""
+    """The ``AnnotateConfig`` of one timed annotation run (classifier epoch 1)."""
     from ambient_platform.config.annotation import AnnotateConfig
 
     return AnnotateConfig(

@@ -3,7 +3,7 @@ with nothing new. Prints JSON.
 
 The point of `ambient watch` is that new data costs in proportion to the new data: the k-shard
 pass should take about k/N of the first pass's annotation time plus a fixed cost (lease, listing,
-diff, Ray Data start), and an up-to-date pass only the listing and diff.
+diff, scoring tasks start), and an up-to-date pass only the listing and diff.
 Usage: .venv/bin/python benchmarks/watch_incremental.py [--shards 40] [--new 4] [--s3]
 """
 

@@ -156,17 +156,24 @@ def _scored(
 ) -> Iterator[tuple[str, pa.Table]]:
     """(path, ``fn(path, **scoring.kwargs)``) of each shard as its task ends, with at most
     ``resources.actors`` tasks submitted at a time: that is the run's parallelism on any
-    cluster, and no more results than that wait in the object store for the driver."""
+    cluster, and no more results than that wait in the object store for the driver. A task
+    that ends is replaced before its result is handed on, so the caller's work on it (writing
+    the shard) overlaps the next task instead of leaving a worker idle."""
     ray, res = scoring.ray, scoring.resources
     task = ray.remote(fn).options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
     todo = deque(paths)
     running: dict[Any, str] = {}  # object ref -> path
-    while todo or running:
+
+    def top_up() -> None:
         while todo and len(running) < max(res.actors, 1):
             path = todo.popleft()
             running[task.remote(path, **scoring.kwargs)] = path
+
+    top_up()
+    while running:
         done, _ = ray.wait(list(running), num_returns=1)
         path = running.pop(done[0])
+        top_up()
         yield path, ray.get(done[0])
 
 

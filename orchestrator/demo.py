@@ -5,9 +5,9 @@ Bin sorting (50 clean demos, 200 with the opposite sorting logic) through every 
 1. data: generate both datasets (``dataset.png`` shows them);
 2. classifier: the noise-conditioned clean-vs-corrupt classifier on action chunks plus the
    observation history (the logic is visible only next to the block colours), 2 epochs;
-3. annotation: score curves of every wrong-logic chunk on Ray Data (classifier tasks);
+3. annotation: score curves of every wrong-logic chunk (classifier tasks on Ray);
 4. sweep: ``sweeps/demo.yaml`` on Ray Tune, co-training vs ambient (annotation-derived
-   sigma_min + sigma_max = 0.46), two training seeds each, every trial an MLflow child run;
+   sigma_min + sigma_max = 0.46), three training seeds each, every trial an MLflow child run;
 5. answer: the ranked table, the gap between the best ambient configuration and co-training
    against the spread of their seeds, and where the time went (wall and CPU seconds per stage).
 

@@ -1,4 +1,4 @@
-"""Annotation on Ray Data: manifests, re-runs, bad shards, kill -9 resume, S3, use in training."""
+"""Annotation on Ray tasks: manifests, re-runs, bad shards, kill -9 resume, S3, use in training."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """From pixels, end to end on the moto S3 server: generate the rendered bin-sorting task as LeRobot
 v3 datasets with MP4 videos, train the classifier on their action chunks (plus low-dim state),
-annotate them on Ray Data, and run a 2-trial sweep of an image-conditioned policy that reads the
+annotate them on Ray, and run a 2-trial sweep of an image-conditioned policy that reads the
 videos in place and derives sigma_min from the annotation."""
 
 from __future__ import annotations

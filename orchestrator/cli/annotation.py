@@ -109,7 +109,7 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
     type=float,
     default=0.5,
     show_default=True,
-    help="Fractional, so read tasks always find a CPU (no starvation).",
+    help="CPUs Ray reserves for each scoring task (torch threads: the whole part, at least 1).",
 )
 @click.option("--gpus-per-actor", type=float, default=0.0, show_default=True)
 @click.option(
@@ -133,8 +133,8 @@ def annotate(
     tracking_uri: str | None,
     **flags: Any,
 ) -> None:
-    """Score every shard the latest manifest lacks with classifier tasks on Ray Data
-    (--actors of them at once, on reused workers that keep the classifier loaded)."""
+    """Score every shard the latest manifest lacks with classifier tasks on Ray, one per
+    shard (--actors of them at once, on reused workers that keep the classifier loaded)."""
     from ambient_core.errors import ConfigError
     from ambient_platform.config.annotation import AnnotateConfig
     from ambient_platform.config.base import validate

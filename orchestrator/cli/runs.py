@@ -107,8 +107,9 @@ def reproduce(
 @common
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Data seed.")
 def demo(seed: int, tracking_uri: str | None) -> None:
-    """The main job end to end: bin-sorting data, classifier, Ray Data annotation, a Ray Tune
-    sweep of co-training vs ambient (2 seeds each), the answer (about 5 minutes on 2 cores)."""
+    """The main job end to end: bin-sorting data, classifier, annotation on Ray tasks, a Ray
+    Tune sweep of co-training vs ambient (3 seeds each), the answer (about 5 minutes on 2
+    cores)."""
     from orchestrator.demo import run_demo
 
     click.echo(run_demo(tracking_uri, seed).text)
