@@ -1,4 +1,5 @@
-"""Annotation throughput: the Ray Data pipeline vs a single-process torch loop. Prints JSON.
+"""Annotation throughput: ``ambient annotate`` (the "pipeline": ``jobs.annotate.annotate``, one Ray
+task per shard) vs a single-process torch loop. Prints JSON.
 
 Both do identical work on the same data: the same classifier checkpoint, grid, draws and scoring
 batch size, whole shards re-chunked per episode, one output shard per input shard. Two dataset

@@ -29,6 +29,7 @@ workers with one ``warm_up`` task each as soon as the shards to score are known,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -158,7 +159,8 @@ def _scored(
     ``resources.actors`` tasks submitted at a time: that is the run's parallelism on any
     cluster, and no more results than that wait in the object store for the driver. A task
     that ends is replaced before its result is handed on, so the caller's work on it (writing
-    the shard) overlaps the next task instead of leaving a worker idle."""
+    the shard) overlaps the next task instead of leaving a worker idle. Tasks still running when
+    the caller stops (an error, a lost lease) are cancelled, not left to finish on the cluster."""
     ray, res = scoring.ray, scoring.resources
     task = ray.remote(fn).options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
     todo = deque(paths)
@@ -169,12 +171,17 @@ def _scored(
             path = todo.popleft()
             running[task.remote(path, **scoring.kwargs)] = path
 
-    top_up()
-    while running:
-        done, _ = ray.wait(list(running), num_returns=1)
-        path = running.pop(done[0])
+    try:
         top_up()
-        yield path, ray.get(done[0])
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            path = running.pop(done[0])
+            top_up()
+            yield path, ray.get(done[0])
+    finally:
+        for ref in running:
+            with contextlib.suppress(Exception):  # best effort: it may have just ended
+                ray.cancel(ref)
 
 
 def _wait_warm(scoring: Scoring) -> float:

@@ -318,6 +318,33 @@ def test_scoring_runs_at_most_resources_actors_tasks_at_once(
     assert all(a[1] <= b[0] for a, b in zip(times, times[1:], strict=False))
 
 
+def test_scoring_tasks_still_running_are_cancelled_when_the_caller_stops(
+    ray_session: object, tmp_path: Path
+) -> None:
+    """An error in the driver's hand-over (a failed write, a lost lease) leaves no scoring task
+    behind on the cluster: the ones running are cancelled."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def slow_score(path: str, *, out: str) -> pa.Table:
+        name = Path(path).name
+        Path(out, f"{name}.start").touch()
+        time.sleep(0.2 if name == "first" else 6.0)
+        Path(out, f"{name}.end").touch()
+        return pa.table({"path": [path]})
+
+    res = AnnotationResources(actors=2, cpus_per_actor=0.5)
+    scoring = Scoring(ray_session, {"out": str(marks)}, res, [], time.perf_counter())
+    with pytest.raises(RuntimeError, match="write failed"):
+        for _path, _table in _scored(["/x/first", "/x/second"], scoring, slow_score):
+            deadline = time.monotonic() + 120
+            while not (marks / "second.start").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            raise RuntimeError("write failed")
+    time.sleep(8.0)  # longer than the second task would have run
+    assert (marks / "second.start").exists() and not (marks / "second.end").exists()
+
+
 def test_score_batches_are_sized_by_device() -> None:
     settings = CurveSettings(classifier_dir="clf", epochs=[1], grid_levels=GRID, num_draws=2)
     assert score_spec(settings, [], "cpu").score_batch == settings.score_batch
