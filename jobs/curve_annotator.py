@@ -30,6 +30,15 @@ Checkpoint = Mapping[str, bytes]
 
 
 @dataclass(frozen=True)
+class SharedCheckpoints:
+    """The driver's ``{epoch: Checkpoint}`` in Ray's object store. Wrapped, because Ray resolves
+    an object ref passed as a task argument for every task: wrapped, a worker fetches the bytes
+    only when it loads its annotator, once per process."""
+
+    ref: Any
+
+
+@dataclass(frozen=True)
 class ScoreSpec:
     """The curve settings a worker needs, as plain values (cheap to unpickle anywhere)."""
 
@@ -47,16 +56,16 @@ class ScoreSpec:
 
 
 class CurveAnnotator:
-    """Loads the classifier checkpoints once, scores whole shards (blocks).
+    """Loads the classifier checkpoints once, scores whole shards.
 
-    ``checkpoints`` is the driver's ``{epoch: Checkpoint}`` or an object ref to it; ``threads``
+    ``checkpoints`` is the driver's ``{epoch: Checkpoint}`` or ``SharedCheckpoints``; ``threads``
     torch threads (the worker's CPUs); ``device`` ``cpu`` or ``cuda`` (the GPU Ray assigned).
     """
 
     def __init__(
         self,
         spec: ScoreSpec,
-        checkpoints: Mapping[int, Checkpoint] | Any,
+        checkpoints: Mapping[int, Checkpoint] | SharedCheckpoints,
         filesystem: pafs.FileSystem | None = None,
         threads: int = 1,
         device: str = "cpu",
@@ -67,15 +76,18 @@ class CurveAnnotator:
         from ambient_core.data import ChunkSpec
 
         torch.set_num_threads(max(1, threads))
-        if not isinstance(checkpoints, Mapping):  # an object ref: fetched once per process
+        files: Mapping[int, Checkpoint]
+        if isinstance(checkpoints, SharedCheckpoints):  # fetched once per process
             import ray
 
-            checkpoints = ray.get(checkpoints)
+            files = ray.get(checkpoints.ref)
+        else:
+            files = checkpoints
         self.s = spec
         self.device = device
-        self.models = {e: load_classifier_files(checkpoints[e], device) for e in spec.columns}
+        self.models = {e: load_classifier_files(files[e], device) for e in spec.columns}
         # Every epoch of a run chunks alike: rows are re-chunked as the classifier was trained.
-        meta = json.loads(checkpoints[spec.epochs[0]][CLASSIFIER_META])
+        meta = json.loads(files[spec.epochs[0]][CLASSIFIER_META])
         self.chunk = ChunkSpec(**meta["extra"]["chunk"])
         self.fs = filesystem
 
@@ -185,7 +197,7 @@ def score_shard(
     *,
     key: str,
     spec: ScoreSpec,
-    checkpoints: Mapping[int, Checkpoint] | Any,
+    checkpoints: Mapping[int, Checkpoint] | SharedCheckpoints,
     filesystem: pafs.FileSystem | None = None,
     threads: int = 1,
     device: str = "cpu",
@@ -206,7 +218,7 @@ def warm_up(
     *,
     key: str,
     spec: ScoreSpec,
-    checkpoints: Mapping[int, Checkpoint] | Any,
+    checkpoints: Mapping[int, Checkpoint] | SharedCheckpoints,
     threads: int = 1,
     device: str = "cpu",
 ) -> int:
@@ -221,7 +233,7 @@ def warm_up(
 def _annotator(
     key: str,
     spec: ScoreSpec,
-    checkpoints: Mapping[int, Checkpoint] | Any,
+    checkpoints: Mapping[int, Checkpoint] | SharedCheckpoints,
     threads: int,
     device: str,
 ) -> CurveAnnotator:

@@ -34,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from ambient_core.errors import DataError
 from ambient_platform.config.annotation import AnnotationConfig, AnnotationResources
 from ambient_platform.manifest import CurveSettings, curve_column
 from jobs.annotation_plan import ShardInput, annotation_columns, epoch_dir
-from jobs.curve_annotator import Checkpoint, ScoreSpec, score_shard, warm_up
+from jobs.curve_annotator import Checkpoint, ScoreSpec, SharedCheckpoints, score_shard, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ ShardHandler = Callable[[ShardInput, pa.Table | None, str | None], None]
 GPU_SCORE_BATCH = 1024
 #: How long scoring waits for its workers' warm-up before it starts anyway.
 WARM_TIMEOUT_S = 300.0
+#: Retries of a scoring task whose worker died; then the shard is reported as bad.
+TASK_RETRIES = 3
 
 
 def score_spec(settings: CurveSettings, obs_keys: Sequence[str], device: str = "cpu") -> ScoreSpec:
@@ -133,7 +135,7 @@ def start_scoring(
         "key": _warm_key(spec, checkpoints, threads, device),
         "spec": spec,
         # Read once here, shared by every worker through the object store.
-        "checkpoints": ray.put(checkpoints),
+        "checkpoints": SharedCheckpoints(ray.put(checkpoints)),
         "threads": threads,
         "device": device,
     }
@@ -154,15 +156,27 @@ def _arrow_paths(shards: Sequence[ShardInput]) -> dict[str, ShardInput]:
 
 def _scored(
     paths: Sequence[str], scoring: Scoring, fn: Callable[..., pa.Table] = score_shard
-) -> Iterator[tuple[str, pa.Table]]:
+) -> Generator[tuple[str, pa.Table | str], None, None]:
     """(path, ``fn(path, **scoring.kwargs)``) of each shard as its task ends, with at most
     ``resources.actors`` tasks submitted at a time: that is the run's parallelism on any
     cluster, and no more results than that wait in the object store for the driver. A task
     that ends is replaced before its result is handed on, so the caller's work on it (writing
-    the shard) overlaps the next task instead of leaving a worker idle. Tasks still running when
-    the caller stops (an error, a lost lease) are cancelled, not left to finish on the cluster."""
+    the shard) overlaps the next task instead of leaving a worker idle. A shard whose worker
+    died ``TASK_RETRIES`` + 1 times (a crash, out of memory, its node lost) comes with an error
+    message instead of a table: it is that shard's error, not the run's. Tasks still running
+    when the caller stops (an error, a lost lease) are cancelled, not left to finish."""
     ray, res = scoring.ray, scoring.resources
-    task = ray.remote(fn).options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
+    task = ray.remote(fn).options(
+        num_cpus=res.cpus_per_actor,
+        num_gpus=res.gpus_per_actor,
+        max_retries=TASK_RETRIES,
+        scheduling_strategy="DEFAULT",  # never inside a caller's placement group
+    )
+    died = (
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.OutOfMemoryError,
+        ray.exceptions.NodeDiedError,
+    )
     todo = deque(paths)
     running: dict[Any, str] = {}  # object ref -> path
 
@@ -177,7 +191,12 @@ def _scored(
             done, _ = ray.wait(list(running), num_returns=1)
             path = running.pop(done[0])
             top_up()
-            yield path, ray.get(done[0])
+            try:
+                result: pa.Table | str = ray.get(done[0])
+            except died as exc:
+                tries = TASK_RETRIES + 1
+                result = f"its worker died on each of {tries} tries ({type(exc).__name__})"
+            yield path, result
     finally:
         for ref in running:
             with contextlib.suppress(Exception):  # best effort: it may have just ended
@@ -225,23 +244,30 @@ def execute(
     timing["warm_wait_s"] = _wait_warm(scoring)
     timing["ready_s"] = time.perf_counter() - t0
     quiet = not logger.isEnabledFor(logging.INFO)
-    with tqdm(total=len(shards), desc="annotate", unit="shard", disable=quiet or None) as bar:
-        for path, table in _scored(list(by_path), scoring):
+    with (
+        tqdm(total=len(shards), desc="annotate", unit="shard", disable=quiet or None) as bar,
+        contextlib.closing(_scored(list(by_path), scoring)) as results,
+    ):
+        for path, result in results:
             timing["first_shard_s"] = timing["first_shard_s"] or time.perf_counter() - t0
-            _hand_over(by_path[path], table, on_shard)
+            _hand_over(by_path[path], result, on_shard)
             bar.update()
     timing["wall_s"] = time.perf_counter() - t0
     logger.debug("scoring timing: %s", {k: round(v, 2) for k, v in timing.items()})
     return timing
 
 
-def _hand_over(inp: ShardInput, table: pa.Table, on_shard: ShardHandler) -> None:
-    """Give ``on_shard`` the shard's scored rows, or its error; a table with neither every row
-    of the shard nor an error is a bug in the scorer, never committed."""
-    errors = [e for e in table.column("error").to_pylist() if e]
+def _hand_over(inp: ShardInput, result: pa.Table | str, on_shard: ShardHandler) -> None:
+    """Give ``on_shard`` the shard's scored rows, or its error. A table without every row the
+    shard had when it was listed is an error too (the file changed since), never committed."""
+    if isinstance(result, str):
+        on_shard(inp, None, result)
+        return
+    errors = [e for e in result.column("error").to_pylist() if e]
     if errors:
         on_shard(inp, None, errors[0])
-    elif table.num_rows == inp.rows:
-        on_shard(inp, table, None)
+    elif result.num_rows == inp.rows:
+        on_shard(inp, result, None)
     else:
-        raise RuntimeError(f"scoring {inp.key} gave {table.num_rows} rows of {inp.rows}")
+        changed = f"{result.num_rows} rows, {inp.rows} when it was listed: it changed since"
+        on_shard(inp, None, changed)

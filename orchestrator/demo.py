@@ -50,7 +50,7 @@ SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
 PREFIX = "bin-sorting-demo"  # the locations sweeps/demo.yaml names (data seed 0)
 OBS_KEYS = ["observation.state"]
 #: Annotation levels: every tenth DDPM level plus k = 29 (sigma_max) and 99; the classifier's
-#: curves are flat in sigma here, so a coarse grid loses nothing and halves Ray Data's work.
+#: curves are flat in sigma here, so a coarse grid loses nothing and halves the scoring work.
 GRID = [0, 10, 20, 29, 40, 50, 60, 70, 80, 90, 99]
 CLASSIFIER_EPOCH = 2
 N_CLEAN, N_CORRUPT = 50, 200

@@ -166,7 +166,7 @@ class StorageRoot:
     # --------------------------------------------------------------------------- streams
 
     def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
-        """A pyarrow filesystem and this root's path in it, for pyarrow.parquet and Ray Data.
+        """A pyarrow filesystem and this root's path in it, for pyarrow.parquet (and Ray tasks).
 
         S3: ``S3FileSystem`` pointed at the environment's endpoint and ``bucket/prefix`` with no
         scheme (pass both as ``filesystem=``/path). Local: ``LocalFileSystem`` and the absolute
