@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -234,3 +235,18 @@ def test_a_sweep_spans_alpha_and_a_dataset_weight(tmp_path: Path) -> None:
     (tmp_path / "zero.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"space.data.corrupt.1.weight: value 0 is invalid"):
         load_sweep(tmp_path / "zero.yaml")
+
+
+def test_the_default_annotation_grid_is_strictly_increasing() -> None:
+    """The default grid once listed level 99 twice (a field default skips validation), and
+    every annotation made with it failed after committing its manifest: sigma_min refuses a
+    grid that is not strictly increasing."""
+    from ambient_core.classifier import SigmaMinRule, derive_sigma_min
+    from ambient_core.schedule import ddpm_sigmas
+    from ambient_platform.config.annotation import AnnotateConfig
+
+    levels = AnnotateConfig(data=["d"], classifier="c", epochs=[1]).grid_levels
+    assert levels == sorted(set(levels)) and len(levels) == 34 and levels[-1] == 99
+    grid = ddpm_sigmas()[levels]
+    curves = np.full((2, len(levels)), 0.4)
+    assert derive_sigma_min(curves, grid, SigmaMinRule(tau=0.45)).shape == (2,)

@@ -16,8 +16,10 @@ from ambient_core.schedule import DEFAULT_NUM_STEPS
 from ambient_platform.config.base import NonNegativeFloat, PositiveFloat, StrictModel
 from ambient_platform.storage import validate_name
 
-#: Every third DDPM level plus the last: 34 levels, fine enough for sigma_min on [0, 1].
-DEFAULT_GRID: tuple[int, ...] = (*range(0, DEFAULT_NUM_STEPS, 3), DEFAULT_NUM_STEPS - 1)
+#: Every third DDPM level and the last (99 is both): 34 levels, fine enough for sigma_min.
+DEFAULT_GRID: tuple[int, ...] = tuple(
+    sorted({*range(0, DEFAULT_NUM_STEPS, 3), DEFAULT_NUM_STEPS - 1})
+)
 
 
 class AnnotationResources(StrictModel):
@@ -38,7 +40,9 @@ class AnnotationConfig(StrictModel):
     out: str | None = None
     classifier: str
     epochs: list[int] = Field(..., min_length=1)
-    grid_levels: list[int] = Field(default_factory=lambda: list(DEFAULT_GRID), min_length=1)
+    grid_levels: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_GRID), min_length=1, validate_default=True
+    )
     num_draws: int = Field(4, ge=1)
     seed: int = 0
     obs_keys: list[str] = Field(default_factory=list)
