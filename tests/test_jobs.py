@@ -122,6 +122,20 @@ def test_cli_help_generate_and_config_errors(tmp_path: Path) -> None:
     assert "bad.yaml: policy: Value error, horizon 10 must be divisible" in out.output
 
 
+def test_data_commands_put_relative_locations_under_the_storage_root(tmp_path: Path) -> None:
+    """``--out data/m`` of generate is where ``--data data/m/...`` of the other commands looks
+    (it was relative to the working directory, so the README's sequence found nothing)."""
+    store = str(tmp_path / "store")
+    gen = ["data", "generate", "maze", "--clean", "2", "--corrupt", "2", "--out", "data/m"]
+    out = CliRunner().invoke(main, [*gen, "--storage", store])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "store" / "data" / "m" / "corrupt" / "meta.json").exists()
+    out = CliRunner().invoke(main, ["data", "check", "data/m/clean", "--storage", store])
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(main, [*gen[:-1], "../outside", "--storage", store])
+    assert out.exit_code == 2 and "storage root" in out.output
+
+
 def test_classifier_cli_keeps_every_epoch_and_logs_per_bucket(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     generate("maze", 4, 8, str(tmp_path / "m"), seed=2, plot=False)

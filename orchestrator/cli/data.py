@@ -6,6 +6,12 @@ import click
 
 from orchestrator.cli._app import common, main, print_json
 
+#: ``--out`` of generate and import: resolved like every data location (``resolve_location``).
+OUT_HELP = (
+    "Where to write: s3://bucket/prefix, an absolute path, or a path under the storage root "
+    "(--storage; default AMBIENT_HOME, .ambient), like every data location."
+)
+
 
 @main.group()
 def data() -> None:
@@ -35,20 +41,21 @@ def data() -> None:
     show_default=True,
     help="Corrupt demonstrations (RRT plans / opposite sorting logic).",
 )
-@click.option("--out", required=True, help="Output directory or s3://bucket/prefix.")
+@click.option("--out", required=True, help=OUT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 def data_generate(task: str, n_clean: int, n_corrupt: int, out: str, seed: int) -> None:
     """Write OUT/clean and OUT/corrupt datasets for TASK and print timings and digests."""
+    from ambient_platform.settings import resolve_location
     from jobs.generate import generate
 
-    print_json(generate(task.replace("-", "_"), n_clean, n_corrupt, out, seed))
+    print_json(generate(task.replace("-", "_"), n_clean, n_corrupt, resolve_location(out), seed))
 
 
 @data.command("import")
 @common
 @click.argument("fmt", type=click.Choice(["lerobot", "zarr"]))
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--out", required=True, help="Output directory or s3://bucket/prefix.")
+@click.option("--out", required=True, help=OUT_HELP)
 @click.option(
     "--map",
     "mapping",
@@ -94,10 +101,12 @@ def data_import(
     v3). LeRobot v3 with cameras is not imported: use PATH directly as a dataset path (it is
     read in place), or pass --low-dim-only to import its low-dim columns alone.
     """
+    from ambient_platform.settings import resolve_location
     from jobs.import_zarr import import_zarr
     from jobs.importers import import_lerobot, parse_mapping
 
     feats = parse_mapping(list(mapping))
+    out = resolve_location(out)
     if fmt == "lerobot":
         res = import_lerobot(path, out, feats, source, task, fps, overwrite, low_dim_only)
     else:
@@ -114,12 +123,14 @@ def data_import(
     help="Check metadata and low-dim columns only; do not decode camera frames.",
 )
 def data_check(path: str, no_decode: bool) -> None:
-    """Validate the dataset at PATH (ours or LeRobot v3, local or s3://) and print a summary.
+    """Validate the dataset at PATH (ours or LeRobot v3; s3://, absolute, or under the storage
+    root) and print a summary.
 
     Reads every low-dim column and decodes every frame of every camera (MP4 videos and
     encoded images in Parquet alike); a problem is one error line naming the dataset,
     episode, camera and row.
     """
+    from ambient_platform.settings import resolve_location
     from jobs.pixel_data import check_dataset
 
-    print_json(check_dataset(path, decode=not no_decode))
+    print_json(check_dataset(resolve_location(path), decode=not no_decode))
