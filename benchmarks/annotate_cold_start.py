@@ -72,9 +72,7 @@ def _probe(checkpoints: Any, spec: Any, path: str, t_submit: float) -> dict[str,
     t2 = time.time()
     ann = ca.CurveAnnotator(spec, checkpoints, threads=1)
     t3 = time.time()
-    import pyarrow as pa
-
-    ann(pa.table({"path": [path]}))
+    ann.score_file(path)
     t4 = time.time()
     return {
         "wait_for_worker_s": t0 - t_submit,

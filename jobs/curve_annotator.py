@@ -91,21 +91,17 @@ class CurveAnnotator:
         self.chunk = ChunkSpec(**meta["extra"]["chunk"])
         self.fs = filesystem
 
-    def __call__(self, items: pa.Table) -> pa.Table:
-        """Read and score the shards named in ``items`` (column ``path``)."""
-        tables = []
+    def score_file(self, path: str) -> pa.Table:
+        """Read and score the shard at ``path``, or one error row saying what is wrong with it."""
         cols = None if self.s.read_columns is None else list(self.s.read_columns)
-        for path in items.column("path").to_pylist():
-            try:
-                t = pq.read_table(path, filesystem=self.fs, columns=cols)
-            except (pa.ArrowInvalid, OSError) as exc:
-                tables.append(_error_row(path, f"cannot read: {exc}", self.s))
-                continue
-            try:
-                tables.append(self.annotate_table(t.append_column("path", [[path] * t.num_rows])))
-            except Exception as exc:  # a bad shard must be reported, not kill the run
-                tables.append(_error_row(path, f"{type(exc).__name__}: {exc}", self.s))
-        return pa.concat_tables(tables) if tables else _error_row("", None, self.s).slice(0, 0)
+        try:
+            t = pq.read_table(path, filesystem=self.fs, columns=cols)
+        except (pa.ArrowInvalid, OSError) as exc:
+            return _error_row(path, f"cannot read: {exc}", self.s)
+        try:
+            return self.annotate_table(t.append_column("path", [[path] * t.num_rows]))
+        except Exception as exc:  # a bad shard must be reported, not kill the run
+            return _error_row(path, f"{type(exc).__name__}: {exc}", self.s)
 
     def annotate_table(self, block: pa.Table) -> pa.Table:
         """Score rows of one or more whole shards (column ``path`` names the shard)."""
@@ -211,7 +207,7 @@ def score_shard(
     """
     ann = _annotator(key, spec, checkpoints, threads, device)
     ann.fs = filesystem
-    return ann(pa.table({"path": [path]}))
+    return ann.score_file(path)
 
 
 def warm_up(

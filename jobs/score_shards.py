@@ -10,8 +10,9 @@ results wait for the driver.
 Why plain tasks, not Ray Data: the pipeline was one block per shard through ``map_batches`` on
 a task pool, so Ray Data added nothing a task per shard lacks, and it cost its import in every
 worker and the driver (2.9 s each on a loaded 2-core machine) and its streaming executor's CPU
-in the driver. Measured on 2 cores at 35k rows against a single-process torch loop: a fresh Ray
-session reached 0.79x with Ray Data, 0.86-1.03x with tasks (benchmarks/annotate_throughput.py).
+in the driver. Measured on 2 cores at 35k rows against a single-process torch loop
+(benchmarks/annotate_throughput.py): Ray Data 0.79x in a fresh Ray session and 0.96x warm,
+tasks 0.84-0.95x and 0.75-1.22x (median 1.05x; the spread is mostly the loop's own).
 
 Why tasks, not an actor pool: a fresh actor pays process start, torch import and classifier load
 on every run (4-6 s of every run on a loaded 2-core machine, longer than scoring a small
